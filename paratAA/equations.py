@@ -1,0 +1,91 @@
+"""The triangular system of a sampler's trajectory: first-order and order-K maps and residuals.
+
+Notation (see ``paratAA.schedule``): the window is the block of unknowns ``x[lo..hi-1]``; every
+``x[j]`` with ``j >= hi`` is final. For each window step ``p`` the network output ``out_p`` was
+evaluated at ``x[p+1]`` and ``g[p] = b[p] * out_p + c[p] * z[p]``. Then
+
+    first order:  F_i(X)   = a[i] x[i+1] + g[i]
+    order K:      F^K_i(X) = A(i, u-1) x[u] + sum_{p=i}^{u-1} A(i, p-1) g[p],   u = min(i + K, hi)
+
+with ``A(i, j) = a[i] a[i+1] ... a[j]`` (``A(i, i-1) = 1``). The order-K map unrolls the recurrence
+K steps: it has the same fixed point (the sequential trajectory) and propagates a correction K
+steps per iteration instead of one. ``K >= hi - lo`` anchors every unknown on ``x[hi]``.
+
+All functions are pure tensor maps over window-local arrays: index ``w = i - lo``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["first_order_residual", "order_k_map", "rms"]
+
+# Above this spread of the partial products of ``a`` the prefix-sum form loses precision.
+_MAX_PRODUCT_SPREAD = 1e8
+
+
+def first_order_residual(x_window: torch.Tensor, x_above: torch.Tensor, a: torch.Tensor,
+                         g: torch.Tensor) -> torch.Tensor:
+    """``F_i(X) - x[i]`` for every window step.
+
+    Args:
+        x_window: ``(n, *latent)``: ``x[lo..hi-1]``.
+        x_above: ``(n, *latent)``: ``x[lo+1..hi]``, the inputs of the network calls.
+        a: ``(n,)`` coefficients of the window steps.
+        g: ``(n, *latent)``: ``b * out + c * z`` of the window steps.
+    """
+    return _bcast(a, x_above) * x_above + g - x_window
+
+
+def order_k_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:
+    """``F^K_i(X)`` for every window step (``K = order``; arguments as in ``first_order_residual``).
+
+    Computed in O(n) with prefix products ``P[j] = a[lo] ... a[j-1]`` and prefix sums
+    ``S[j] = sum_{p<j} P[p] g[p]``:  ``F^K_i = (P[u] x[u] + S[u] - S[i]) / P[i]``. When the
+    products span too many orders of magnitude for that to be accurate (``a`` near zero or huge),
+    the recurrence is unrolled directly instead.
+    """
+    n = a.shape[0]
+    if order <= 1:
+        return _bcast(a, x_above) * x_above + g
+    prefix = torch.cat([a.new_ones(1), torch.cumprod(a, 0)])  # P[0..n]
+    spread = prefix.abs().max() / prefix.abs().min()
+    if not bool(torch.isfinite(spread)) or float(spread) > _MAX_PRODUCT_SPREAD:
+        return _order_k_by_recurrence(x_above, a, g, order)
+    w = torch.arange(n, device=a.device)
+    u = (w + order).clamp(max=n)  # window-local index of the anchor x[u]; u = n is x[hi]
+    weighted = _bcast(prefix[:n], g) * g
+    sums = torch.cat([torch.zeros_like(g[:1]), torch.cumsum(weighted, 0)])  # S[0..n]
+    x_anchor = x_above[u - 1]  # x_above[k] holds x[lo+k+1]
+    numerator = _bcast(prefix[u], x_anchor) * x_anchor + sums[u] - sums[:n]
+    return numerator / _bcast(prefix[:n], numerator)
+
+
+def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:
+    """``order_k_map`` without divisions by partial products (for ``a`` near zero or huge).
+
+    With the full chain ``G[w] = a[w] G[w+1] + g[w]``, ``G[n] = x[hi]`` (one backward sweep),
+    ``F^K_w = G[w] + A(w, u-1) (x[u] - G[u])``; the products ``A`` of at most K factors are taken
+    directly.
+    """
+    n = a.shape[0]
+    chain = torch.empty((n + 1,) + g.shape[1:], dtype=g.dtype, device=g.device)
+    chain[n] = x_above[n - 1]
+    for w in range(n - 1, -1, -1):
+        chain[w] = a[w] * chain[w + 1] + g[w]
+    w = torch.arange(n, device=a.device)
+    u = (w + order).clamp(max=n)
+    padded = torch.cat([a, a.new_ones(order)])
+    factors = padded.unfold(0, order, 1)[:n]  # factors[w, k] = a[w + k] (1 past the window)
+    within = torch.arange(order, device=a.device)[None, :] < (u - w)[:, None]
+    products = torch.where(within, factors, torch.ones_like(factors)).prod(1)
+    return chain[:n] + _bcast(products, g) * (x_above[u - 1] - chain[u])
+
+
+def rms(r: torch.Tensor) -> torch.Tensor:
+    """Root mean square over all but the first dimension: ``(n, *latent) -> (n,)``."""
+    return r.flatten(1).pow(2).mean(1).sqrt()
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape + (1,) * (like.dim() - 1))

@@ -1,0 +1,225 @@
+"""Float64 step coefficients of an affine diffusion sampler, read from a diffusers scheduler.
+
+Index convention (used everywhere in this package)
+--------------------------------------------------
+A sampler with ``T`` steps has the trajectory ``x[0..T]``: ``x[T]`` is the initial Gaussian noise
+and ``x[0]`` the sample. Step ``i`` (``0 <= i < T``) maps ``x[i+1]`` to ``x[i]`` and calls the
+network at ``(x[i+1], timesteps[i])``, where ``timesteps`` are the scheduler's training timesteps in
+*increasing* order (the reverse of ``scheduler.timesteps``). Every DDIM / DDPM step without sample
+clipping or thresholding is affine in the sample, the network output and the step's noise:
+
+    x[i] = a[i] * x[i+1] + b[i] * out(x[i+1], timesteps[i]) + c[i] * z[i]
+
+``out`` is the network's raw prediction in the scheduler's ``prediction_type`` (``epsilon``,
+``v_prediction`` or ``sample``); ``z[i] ~ N(0, I)`` is drawn once, up front. ``sigma[i]`` is the
+DDPM posterior standard deviation of the step (the DDIM ``eta = 1`` one), which scales the
+convergence test.
+
+The coefficients follow the scheduler's own rules (which previous timestep a step goes to, the
+final alpha), so they reproduce ``scheduler.step`` for every timestep spacing; ``from_scheduler``
+checks that by calling ``step`` itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+__all__ = ["Schedule", "ScheduleError"]
+
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# DDPM variance rules whose noise is a fixed, input-independent standard deviation.
+_DDPM_FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+
+class ScheduleError(ValueError):
+    """The scheduler's configuration cannot be written as the affine recurrence above."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-step float64 coefficients of an affine sampler (see the module docstring).
+
+    Attributes:
+        a, b, c: float64 ``(T,)``: ``x[i] = a[i] x[i+1] + b[i] out_i + c[i] z[i]``.
+        sigma: float64 ``(T,)``: DDPM posterior std of step ``i`` (scales the tolerance ``tol2``).
+        timesteps: int64 ``(T,)``, increasing: the network's timestep at step ``i``.
+        alphas_cumprod: float64 ``(T,)``: ``alphas_cumprod[timesteps[i]]``.
+        prediction_type: what the network predicts: ``epsilon``, ``v_prediction`` or ``sample``.
+        eta: the DDIM eta the coefficients were built with (1.0 for DDPM).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    c: torch.Tensor
+    sigma: torch.Tensor
+    timesteps: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    prediction_type: str = "epsilon"
+    eta: float = 0.0
+
+    @property
+    def num_steps(self) -> int:
+        """T, the number of sampling steps."""
+        return int(self.a.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.a.device
+
+    def to(self, device: torch.device | str) -> "Schedule":
+        """The same schedule with its tensors on ``device``."""
+        move = lambda t: t.to(device)  # noqa: E731
+        return replace(self, a=move(self.a), b=move(self.b), c=move(self.c), sigma=move(self.sigma),
+                       timesteps=move(self.timesteps), alphas_cumprod=move(self.alphas_cumprod))
+
+    def step(self, i: int, x_next: torch.Tensor, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """One sequential step: ``x[i]`` from ``x[i+1]``, the network output and the noise ``z[i]``."""
+        return self.a[i] * x_next + self.b[i] * out + self.c[i] * z
+
+    @classmethod
+    def from_scheduler(cls, scheduler: Any, eta: float = 0.0, *, verify: bool = True) -> "Schedule":
+        """Build the schedule of a diffusers ``DDIMScheduler`` or ``DDPMScheduler``.
+
+        Call ``scheduler.set_timesteps(T)`` first. Every timestep spacing (``leading``, ``trailing``,
+        ``linspace``) and final-alpha rule is supported, as are the prediction types ``epsilon``,
+        ``v_prediction`` and ``sample``; DDPM needs a fixed variance (``fixed_small``,
+        ``fixed_small_log`` or ``fixed_large``) and ignores ``eta``.
+
+        Args:
+            scheduler: a configured diffusers DDIM or DDPM scheduler.
+            eta: DDIM stochasticity, ``>= 0`` (0: deterministic DDIM, 1: DDPM-like noise).
+            verify: check the coefficients against ``scheduler.step`` on random inputs.
+
+        Returns:
+            The schedule, on the CPU.
+
+        Raises:
+            ScheduleError: sample clipping, thresholding, a learned variance, an unknown prediction
+                type or scheduler, ``set_timesteps`` not called, or ``eta`` out of range.
+        """
+        kind = type(scheduler).__name__
+        if kind not in ("DDIMScheduler", "DDPMScheduler"):
+            raise ScheduleError(
+                f"scheduler: {kind} is not supported; use a DDIMScheduler or DDPMScheduler "
+                "(e.g. DDIMScheduler.from_config(pipe.scheduler.config))")
+        _check_affine_config(scheduler)
+        if getattr(scheduler, "num_inference_steps", None) is None:
+            raise ScheduleError("scheduler: call scheduler.set_timesteps(T) before Schedule.from_scheduler")
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+            raise ScheduleError(f"eta must be a finite number >= 0, got {eta!r}")
+
+        timesteps = scheduler.timesteps.flip(0).to(torch.int64)  # increasing: step i uses timesteps[i]
+        abar_all = scheduler.alphas_cumprod.to(torch.float64)
+        abar = abar_all[timesteps]
+        if kind == "DDIMScheduler":
+            abar_prev = _ddim_previous_alpha(scheduler, timesteps, abar_all)
+            schedule = _ddim_coefficients(abar, abar_prev, float(eta), scheduler.config.prediction_type)
+        else:
+            abar_prev = _ddpm_previous_alpha(timesteps, abar_all)
+            schedule = _ddpm_coefficients(abar, abar_prev, timesteps, scheduler.config)
+            eta = 1.0
+        a, b, c, sigma = schedule
+        result = cls(a=a, b=b, c=c, sigma=sigma, timesteps=timesteps, alphas_cumprod=abar,
+                     prediction_type=scheduler.config.prediction_type, eta=float(eta))
+        if verify:
+            _verify_against_step(result, scheduler)
+        return result
+
+
+def _check_affine_config(scheduler: Any) -> None:
+    config = scheduler.config
+    if getattr(config, "clip_sample", False):
+        raise ScheduleError(
+            "scheduler: clip_sample=True clips the predicted x0, which is not affine; "
+            "use DDIMScheduler.from_config(config, clip_sample=False)")
+    if getattr(config, "thresholding", False):
+        raise ScheduleError("scheduler: thresholding=True (dynamic thresholding) is not affine; set thresholding=False")
+    if config.prediction_type not in _PREDICTION_TYPES:
+        raise ScheduleError(f"scheduler: prediction_type {config.prediction_type!r} is not one of {_PREDICTION_TYPES}")
+    variance = getattr(config, "variance_type", None)
+    if type(scheduler).__name__ == "DDPMScheduler" and variance not in _DDPM_FIXED_VARIANCES:
+        raise ScheduleError(
+            f"scheduler: DDPM variance_type {variance!r} is not supported; use one of {_DDPM_FIXED_VARIANCES}")
+
+
+def _ddim_previous_alpha(scheduler: Any, timesteps: torch.Tensor, abar_all: torch.Tensor) -> torch.Tensor:
+    # DDIMScheduler.step goes to t - num_train_timesteps // T, whatever the spacing, and uses
+    # final_alpha_cumprod below zero: mirror that, not the next entry of the timestep list.
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev = timesteps - stride
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
+    return torch.where(prev >= 0, abar_all[prev.clamp(min=0)], final)
+
+
+def _ddpm_previous_alpha(timesteps: torch.Tensor, abar_all: torch.Tensor) -> torch.Tensor:
+    # DDPMScheduler.previous_timestep: the next (less noisy) entry of the timestep list, 1.0 after the last.
+    prev = torch.cat([torch.tensor([-1]), timesteps[:-1]])
+    return torch.where(prev >= 0, abar_all[prev.clamp(min=0)], torch.ones((), dtype=torch.float64))
+
+
+def _posterior_variance(abar: torch.Tensor, abar_prev: torch.Tensor) -> torch.Tensor:
+    return (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+
+
+def _as_x_and_out(abar: torch.Tensor, prediction_type: str) -> tuple[tuple, tuple]:
+    """(x0, eps) as linear maps of (x_t, out): returns ((x0_x, x0_out), (eps_x, eps_out))."""
+    s, r = abar.sqrt(), (1 - abar).sqrt()
+    if prediction_type == "epsilon":
+        return (1 / s, -r / s), (torch.zeros_like(s), torch.ones_like(s))
+    if prediction_type == "sample":
+        return (torch.zeros_like(s), torch.ones_like(s)), (1 / r, -s / r)
+    return (s, -r), (r, s)  # v_prediction: x0 = s x - r v, eps = r x + s v
+
+
+def _ddim_coefficients(abar, abar_prev, eta, prediction_type):
+    sigma = _posterior_variance(abar, abar_prev).sqrt()
+    c = eta * sigma
+    direction_sq = 1 - abar_prev - c**2
+    if bool((direction_sq < 0).any()):
+        raise ScheduleError(f"eta={eta} is too large for this schedule: the DDIM noise exceeds 1 - alpha_bar_prev")
+    (x0_x, x0_out), (eps_x, eps_out) = _as_x_and_out(abar, prediction_type)
+    keep, direction = abar_prev.sqrt(), direction_sq.sqrt()
+    a = keep * x0_x + direction * eps_x
+    b = keep * x0_out + direction * eps_out
+    return a, b, c, sigma
+
+
+def _ddpm_coefficients(abar, abar_prev, timesteps, config):
+    (x0_x, x0_out), _ = _as_x_and_out(abar, config.prediction_type)
+    beta_t = 1 - abar / abar_prev
+    x0_coef = abar_prev.sqrt() * beta_t / (1 - abar)
+    x_coef = (abar / abar_prev).sqrt() * (1 - abar_prev) / (1 - abar)
+    a = x0_coef * x0_x + x_coef
+    b = x0_coef * x0_out
+    posterior = _posterior_variance(abar, abar_prev)
+    variance = beta_t if config.variance_type == "fixed_large" else posterior.clamp(min=1e-20)
+    c = torch.where(timesteps > 0, variance.sqrt(), torch.zeros_like(variance))  # step adds noise only for t > 0
+    return a, b, c, posterior.sqrt()
+
+
+def _verify_against_step(schedule: Schedule, scheduler: Any) -> None:
+    """Compare one call of ``scheduler.step`` per timestep with the affine formula."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 3)
+    ddpm = type(scheduler).__name__ == "DDPMScheduler"
+    worst = 0.0
+    for i in range(schedule.num_steps):
+        x, out, z = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(3))
+        t = int(schedule.timesteps[i])
+        if ddpm:
+            # DDPMScheduler.step draws its own noise: replay that draw from a copy of the generator.
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            z = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            got = scheduler.step(out, t, x, generator=torch.Generator().manual_seed(seed)).prev_sample
+        else:
+            got = scheduler.step(out, t, x, eta=schedule.eta, variance_noise=z).prev_sample
+        expected = schedule.step(i, x, out, z)
+        worst = max(worst, float((got.to(torch.float64) - expected).abs().max()))
+    if not worst <= 1e-4:
+        raise ScheduleError(
+            f"scheduler: its step() differs from the affine coefficients by {worst:.2e}; "
+            "this configuration is not supported")
