@@ -1,0 +1,92 @@
+"""Resolve a user-given model location and load diffusers/transformers components from it.
+
+A location is a local path (a file or a directory that exists, or anything that is written like a
+path: absolute, ``./``/``../``/``~`` prefixed, or ending in a checkpoint suffix) or a Hugging Face
+hub repo id (``owner/name``). A path that looks local but does not exist fails at once, before any
+hub look-up (which would otherwise retry for about 23 seconds when the network is down). Hub ids
+are loaded through the ordinary ``from_pretrained`` machinery, so ``HF_HUB_OFFLINE=1`` and the
+local cache are honoured. Every failure becomes a one-line ``ModelLoadError`` that names the
+argument, the location and what was tried.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any
+
+__all__ = ["LOAD_ERRORS", "ModelLoadError", "first_line", "load_pretrained", "resolve_location"]
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+# huggingface_hub's repo-id rule: one optional "owner/" then a name of letters, digits, "-", "_", ".".
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# What from_pretrained / torch.load raise for missing, partial or malformed files (hub errors are OSErrors).
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError)
+
+
+class ModelLoadError(ValueError):
+    """A model path or hub id that cannot be loaded; the message names the argument and the location."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception message (or its type name), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_location(location: str, argument: str) -> tuple[str, str]:
+    """Classify a model location as local or hub without touching the network.
+
+    Args:
+        location: a local file/directory path or a hub repo id.
+        argument: the argument's name for error messages (e.g. ``"model_path"``).
+
+    Returns:
+        ``("local", absolute_path)`` or ``("hub", repo_id)``.
+
+    Raises:
+        ModelLoadError: an empty location, a local-looking path that does not exist, or a string
+            that is neither an existing path nor a valid hub repo id.
+    """
+    if not isinstance(location, str) or not location.strip():
+        raise ModelLoadError(f"{argument}: expected a local path or a hub repo id, got {location!r}")
+    expanded = os.path.expanduser(location)
+    if os.path.exists(expanded):
+        return "local", os.path.abspath(expanded)
+    looks_local = (
+        os.path.isabs(expanded)
+        or location.startswith(("./", "../", "~", ".\\", "..\\"))
+        or location.lower().endswith(_CHECKPOINT_SUFFIXES)
+    )
+    if looks_local:
+        raise ModelLoadError(f"{argument}: local path '{location}' does not exist (not tried on the hub)")
+    if not _HUB_ID.fullmatch(location) or ".." in location:
+        raise ModelLoadError(
+            f"{argument}: '{location}' is neither an existing local path nor a valid hub repo id (owner/name)")
+    return "hub", location
+
+
+def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(location, **kwargs)`` with failures turned into ``ModelLoadError``.
+
+    Args:
+        cls: a diffusers/transformers class with ``from_pretrained``.
+        location: resolved local path or hub id (see ``resolve_location``).
+        kind: ``"local"`` or ``"hub"``, as returned by ``resolve_location``.
+        argument: the argument's name for error messages.
+        what: what is being loaded, for error messages (e.g. ``"DiT pipeline"``).
+        **kwargs: passed to ``from_pretrained``.
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        ModelLoadError: the location could not be loaded as ``what``.
+    """
+    tried = "local directory" if kind == "local" else "hub repo id (HF_HUB_OFFLINE / local cache honoured)"
+    try:
+        return cls.from_pretrained(location, **kwargs)
+    except LOAD_ERRORS as exc:
+        raise ModelLoadError(
+            f"{argument}: could not load a {what} from '{location}' as a {tried}: {first_line(exc)}") from exc
