@@ -78,10 +78,8 @@ def _rename(sd: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
     left = dict(sd)
     out: dict[str, torch.Tensor] = {}
 
-    def move(src: str, dst: str) -> None:
-        out[dst + ".weight"] = left.pop(src + ".weight")
-        if src + ".bias" in left:
-            out[dst + ".bias"] = left.pop(src + ".bias")
+    def move(src: str, dst: str) -> None:  # every original layer has a bias
+        out[dst + ".weight"], out[dst + ".bias"] = left.pop(src + ".weight"), left.pop(src + ".bias")
 
     move("x_embedder.proj", "pos_embed.proj")
     move("final_layer.adaLN_modulation.1", "proj_out_1")
@@ -132,7 +130,10 @@ def convert_dit_state_dict(state_dict: dict[str, torch.Tensor], num_heads: int |
     # Empty (meta) parameters, then adopt the checkpoint's tensors: no random init of a 675M model.
     with init_empty_weights():
         model = DiTTransformer2DModel(**config)
-    model.load_state_dict(renamed, strict=True, assign=True)
+    try:
+        model.load_state_dict(renamed, strict=True, assign=True)
+    except RuntimeError as exc:  # shapes that do not fit the inferred architecture
+        raise ValueError(f"weights do not fit a DiT of {config}: {str(exc).splitlines()[-1].strip()}") from exc
     for block in model.transformer_blocks:
         block.norm1.emb.time_proj.downscale_freq_shift = 0  # original DiT's frequencies (module docstring)
     table = model.pos_embed.pos_embed.to(torch.float32)

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny diffusers pipelines saved to disk, offline.
+
+Tests never reach the Hugging Face hub: ``HF_HUB_OFFLINE`` is set before anything imports
+``huggingface_hub`` (which reads it once, at import time), so a hub id fails at once instead of
+retrying for about 23 seconds.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_dit_dir(tmp_path_factory) -> str:
+    """A saved tiny ``DiTPipeline`` directory (``models.tiny``), written once per test session."""
+    from models.tiny import save_tiny_dit_pipeline
+
+    return save_tiny_dit_pipeline(tmp_path_factory.mktemp("tiny-dit") / "pipeline")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> str:
+    """A saved tiny ``StableDiffusionPipeline`` directory (``models.tiny``), written once per test session."""
+    from models.tiny import save_tiny_sd_pipeline
+
+    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
