@@ -218,8 +218,8 @@ def _verify_against_step(schedule: Schedule, scheduler: Any) -> None:
         else:
             got = scheduler.step(out, t, x, eta=schedule.eta, variance_noise=z).prev_sample
         expected = schedule.step(i, x, out, z)
-        worst = max(worst, float((got.to(torch.float64) - expected).abs().max()))
-    if not worst <= 1e-4:
+        worst = max(worst, float(((got.to(torch.float64) - expected).abs() / (1 + expected.abs())).max()))
+    if not worst <= 1e-4:  # scheduler.step works in float32: a few ulps, amplified near t = 0
         raise ScheduleError(
             f"scheduler: its step() differs from the affine coefficients by {worst:.2e}; "
             "this configuration is not supported")

@@ -1,0 +1,112 @@
+"""Order-K maps and the TAA history, against direct (slow, obvious) computations."""
+
+import pytest
+import torch
+
+from paratAA.anderson import TriangularAnderson
+from paratAA.equations import first_order_residual, order_k_map
+
+
+def brute_force_order_k(x_above, a, g, order):
+    """F^K_w by unrolling the recurrence from x[u] down to step w, one step at a time."""
+    n = a.shape[0]
+    result = []
+    for w in range(n):
+        u = min(w + order, n)
+        value = x_above[u - 1]
+        for p in range(u - 1, w - 1, -1):
+            value = a[p] * value + g[p]
+        result.append(value)
+    return torch.stack(result)
+
+
+@pytest.mark.parametrize("order", [1, 2, 5, 17, 40])
+@pytest.mark.parametrize("a_range", [(1.0, 1.2), (0.3, 1.0), (1e-6, 3.0)])  # the last one forces the fallback
+def test_order_k_map_equals_brute_force(order, a_range):
+    gen = torch.Generator().manual_seed(order)
+    n = 17
+    low, high = a_range
+    a = low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
+    x_above = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
+    g = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
+    expected = brute_force_order_k(x_above, a, g, order)
+    torch.testing.assert_close(order_k_map(x_above, a, g, order), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_order_one_map_is_the_first_order_residual_plus_x():
+    gen = torch.Generator().manual_seed(0)
+    x_window, x_above, g = (torch.randn(6, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    a = torch.rand(6, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(order_k_map(x_above, a, g, 1) - x_window, first_order_residual(x_window, x_above, a, g))
+
+
+def anderson_step(x, r, dx_columns, dr_columns, lam):
+    """Textbook Anderson (type II) for a single step with the given difference columns."""
+    dX, dR = torch.stack(dx_columns, 1), torch.stack(dr_columns, 1)  # (d, m)
+    gamma = torch.linalg.solve(dR.T @ dR + lam * torch.eye(dR.shape[1], dtype=x.dtype), dR.T @ r)
+    return x + r - (dX + dR) @ gamma
+
+
+def test_a_single_step_uses_its_newest_differences():
+    gen = torch.Generator().manual_seed(0)
+    memory, lam = 3, 1e-3
+    taa = TriangularAnderson(capacity=4, latent_shape=(5,), memory_size=memory, regularization=lam,
+                             device=torch.device("cpu"))
+    slots = taa.slots(2, 3)
+    taa.forget(slots)
+    xs, rs = [], []
+    for k in range(6):
+        x = torch.randn(1, 5, generator=gen, dtype=torch.float64)
+        r = torch.randn(1, 5, generator=gen, dtype=torch.float64)
+        xs.append(x[0]), rs.append(r[0])
+        new = taa.update(slots, x, r, plain_from=1)
+        newest = min(k, memory - 1)
+        if newest == 0:
+            expected = x[0] + r[0]  # nothing to accelerate with yet
+        else:
+            dx = [xs[j] - xs[j - 1] for j in range(k, k - newest, -1)]
+            dr = [rs[j] - rs[j - 1] for j in range(k, k - newest, -1)]
+            expected = anderson_step(x[0], r[0], dx, dr, lam)
+        torch.testing.assert_close(new[0], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_triangular_sums_and_a_late_joiner_and_the_safeguard():
+    """Three steps; the lowest joined one iteration later. Checks sums over s >= i, masks, plain_from."""
+    gen = torch.Generator().manual_seed(1)
+    lam = 1e-3
+    taa = TriangularAnderson(capacity=3, latent_shape=(4,), memory_size=3, regularization=lam,
+                             device=torch.device("cpu"))
+    history_x = {i: [] for i in range(3)}
+    history_r = {i: [] for i in range(3)}
+    taa.forget(taa.slots(1, 3))
+    for k in range(4):
+        lo = 1 if k == 0 else 0
+        if k == 1:
+            taa.forget(taa.slots(0, 1))
+        x = torch.randn(3 - lo, 4, generator=gen, dtype=torch.float64)
+        r = torch.randn(3 - lo, 4, generator=gen, dtype=torch.float64)
+        for w, i in enumerate(range(lo, 3)):
+            history_x[i].append(x[w])
+            history_r[i].append(r[w])
+        new = taa.update(taa.slots(lo, 3), x, r, plain_from=2 - lo)  # step 2 is the highest unconverged
+
+        def columns(i, count):
+            return ([history_x[i][-j] - history_x[i][-j - 1] for j in range(1, count + 1)],
+                    [history_r[i][-j] - history_r[i][-j - 1] for j in range(1, count + 1)])
+
+        for w, i in enumerate(range(lo, 3)):
+            count = min(len(history_x[i]) - 1, 2)
+            if i == 2 or count == 0:
+                torch.testing.assert_close(new[w], x[w] + r[w])
+                continue
+            gram = lam * torch.eye(count, dtype=torch.float64)
+            rhs = torch.zeros(count, dtype=torch.float64)
+            for s in range(i, 3):
+                _, dr = columns(s, count)
+                dR = torch.stack(dr, 1)
+                gram = gram + dR.T @ dR
+                rhs = rhs + dR.T @ history_r[s][-1]
+            dx, dr = columns(i, count)
+            gamma = torch.linalg.solve(gram, rhs)
+            expected = x[w] + r[w] - (torch.stack(dx, 1) + torch.stack(dr, 1)) @ gamma
+            torch.testing.assert_close(new[w], expected, rtol=1e-10, atol=1e-12)
