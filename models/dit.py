@@ -19,7 +19,7 @@ from paratAA import EpsFn, Schedule
 from .adapter import LatentDiffusionAdapter, place
 from .dit_checkpoint import load_dit_checkpoint
 from .loading import ModelLoadError, load_pretrained, resolve_location
-from .tiny import DIT_SCHEDULER_CONFIG, tiny_dit_pipeline
+from .tiny import DIT_SCHEDULER_CONFIG, tiny_pipeline
 
 __all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "GUIDANCE_RULES", "DiTAdapter", "load_dit"]
 
@@ -213,7 +213,7 @@ def load_dit(model_path: str = DEFAULT_DIT, vae_path: str | None = None, device:
     vae = None
     scheduler_config = dict(DIT_SCHEDULER_CONFIG)
     if model_path == "tiny":
-        pipe = tiny_dit_pipeline()
+        pipe = tiny_pipeline("dit")
         transformer, vae, scheduler_config = pipe.transformer, pipe.vae, pipe.scheduler.config
     else:
         kind, location = resolve_location(model_path, "model_path")

@@ -19,7 +19,7 @@ from paratAA import EpsFn, Schedule
 
 from .adapter import LatentDiffusionAdapter, place
 from .loading import ModelLoadError, load_pretrained, resolve_location
-from .tiny import tiny_sd_pipeline
+from .tiny import tiny_pipeline
 
 __all__ = ["DEFAULT_SD", "SDAdapter", "load_sd"]
 
@@ -168,7 +168,7 @@ def load_sd(model_path: str = DEFAULT_SD, device: torch.device | str = "cpu", fp
     """
     dtype = torch.float16 if fp16 else torch.float32
     if model_path == "tiny":
-        pipe = tiny_sd_pipeline()
+        pipe = tiny_pipeline("sd")
     else:
         kind, location = resolve_location(model_path, "model_path")
         if kind == "local" and not os.path.isfile(os.path.join(location, "model_index.json")):

@@ -6,7 +6,7 @@ classes, ``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` with a r
 run on a CPU in milliseconds without the hub. Weights come from a fixed seed (the global torch RNG
 is left untouched), modules are in ``eval()`` mode (class-label dropout off), float32, on the CPU.
 
-``save_tiny_dit_pipeline`` / ``save_tiny_sd_pipeline`` write them as ordinary diffusers pipeline
+``save_tiny_pipeline`` writes them as ordinary diffusers pipeline
 directories, so the loading code that serves hub checkpoints is exercised on local directories.
 """
 
@@ -24,6 +24,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DiffusionPipeline,
     DiTPipeline,
     DiTTransformer2DModel,
     PNDMScheduler,
@@ -37,10 +38,8 @@ __all__ = [
     "SD_SCHEDULER_CONFIG",
     "build_tiny_dit_pipeline",
     "build_tiny_sd_pipeline",
-    "tiny_dit_pipeline",
-    "tiny_sd_pipeline",
-    "save_tiny_dit_pipeline",
-    "save_tiny_sd_pipeline",
+    "save_tiny_pipeline",
+    "tiny_pipeline",
 ]
 
 SEED = 0
@@ -138,47 +137,30 @@ def build_tiny_sd_pipeline(seed: int = SEED) -> StableDiffusionPipeline:
     return pipe
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_dit() -> DiTPipeline:
-    return build_tiny_dit_pipeline()
+_BUILDERS = {"dit": build_tiny_dit_pipeline, "sd": build_tiny_sd_pipeline}
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_sd() -> StableDiffusionPipeline:
-    return build_tiny_sd_pipeline()
+@functools.lru_cache(maxsize=None)
+def _cached(kind: str) -> DiffusionPipeline:
+    if kind not in _BUILDERS:
+        raise ValueError(f"kind must be one of {sorted(_BUILDERS)}, got {kind!r}")
+    return _BUILDERS[kind]()
 
 
-def tiny_dit_pipeline() -> DiTPipeline:
-    """The tiny DiT pipeline, built once per process; each call returns an independent copy."""
-    return copy.deepcopy(_cached_dit())
+def tiny_pipeline(kind: str) -> DiffusionPipeline:
+    """The tiny ``"dit"`` or ``"sd"`` pipeline, built once per process; each call returns an independent copy."""
+    return copy.deepcopy(_cached(kind))
 
 
-def tiny_sd_pipeline() -> StableDiffusionPipeline:
-    """The tiny SD pipeline, built once per process; each call returns an independent copy."""
-    return copy.deepcopy(_cached_sd())
-
-
-def save_tiny_dit_pipeline(path: str | os.PathLike) -> str:
-    """Write the tiny DiT pipeline as a diffusers pipeline directory (``DiTPipeline.save_pretrained``).
+def save_tiny_pipeline(kind: str, path: str | os.PathLike) -> str:
+    """Write the tiny ``"dit"`` or ``"sd"`` pipeline as a diffusers pipeline directory (``save_pretrained``).
 
     Args:
+        kind: ``"dit"`` (``DiTPipeline``) or ``"sd"`` (``StableDiffusionPipeline``).
         path: target directory (created).
 
     Returns:
         The directory, as a string.
     """
-    _cached_dit().save_pretrained(path)
-    return str(path)
-
-
-def save_tiny_sd_pipeline(path: str | os.PathLike) -> str:
-    """Write the tiny SD pipeline as a diffusers pipeline directory (``StableDiffusionPipeline.save_pretrained``).
-
-    Args:
-        path: target directory (created).
-
-    Returns:
-        The directory, as a string.
-    """
-    _cached_sd().save_pretrained(path)
+    _cached(kind).save_pretrained(path)
     return str(path)

@@ -15,14 +15,29 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_dit_dir(tmp_path_factory) -> str:
     """A saved tiny ``DiTPipeline`` directory (``models.tiny``), written once per test session."""
-    from models.tiny import save_tiny_dit_pipeline
+    from models.tiny import save_tiny_pipeline
 
-    return save_tiny_dit_pipeline(tmp_path_factory.mktemp("tiny-dit") / "pipeline")
+    return save_tiny_pipeline("dit", tmp_path_factory.mktemp("tiny-dit") / "pipeline")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> str:
     """A saved tiny ``StableDiffusionPipeline`` directory (``models.tiny``), written once per test session."""
-    from models.tiny import save_tiny_sd_pipeline
+    from models.tiny import save_tiny_pipeline
 
-    return save_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+    return save_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd") / "pipeline")
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch thread (restored afterwards).
+
+    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning threads made them 20-50x slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,6 +9,8 @@ import torch
 from models import ModelLoadError, load_dit
 from paratAA import sample_noise, sequential
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 T = 6
 
 

@@ -17,6 +17,8 @@ from torch import nn
 from models import ModelLoadError, load_dit
 from models.dit_checkpoint import convert_dit_state_dict, is_original_dit_state_dict, load_dit_checkpoint
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))

@@ -7,6 +7,8 @@ import torch
 from models import ModelLoadError, load_sd
 from paratAA import sample_noise, sequential
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 T = 5
 PROMPTS = ["the cat", "a dog", "the cat"]
 NEGATIVES = ["", "blurry", ""]
