@@ -163,11 +163,11 @@ class DiTAdapter(LatentDiffusionAdapter):
 
     def _pipeline_reference(self, noise: torch.Tensor, labels: torch.Tensor, scale: float, num_steps: int,
                             seed: int) -> torch.Tensor:
-        generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(noise.shape[0])]
-        for k, generator in enumerate(generators):
+        for k in range(noise.shape[0]):
             start = torch.randn((1, *self.latent_shape), generator=torch.Generator("cpu").manual_seed(seed + k))
             if not torch.equal(start[0].to(torch.float64), noise[k, num_steps].cpu()):
                 raise ValueError(f"seed: noise[{k}, T] was not drawn with seed {seed} + {k} (paratAA.noise.sample_noise)")
+        generators = [torch.Generator("cpu").manual_seed(seed + k) for k in range(noise.shape[0])]
         scheduler = _FinalSampleRecorder.from_config(self._scheduler_config, **self._ddim_overrides)
         pipe = DiTPipeline(transformer=self.transformer, vae=self.vae, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)

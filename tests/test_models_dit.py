@@ -170,3 +170,19 @@ def test_sequential_reference_uses_dit_pipeline_for_eta_zero(dit, monkeypatch):
     assert (via_pipeline - loop).abs().max() <= 1e-5 * loop.abs().max()
     with pytest.raises(ValueError, match="seed"):
         dit.sequential_reference(noise, labels, 4.0, T, 0.0, seed=seed + 1)
+
+
+def test_fp16_model_returns_float64_close_to_float32(dit, monkeypatch):
+    half = load_dit("tiny", None, "cpu", True)
+    half.make_schedule(T, 0.0)
+    assert half.transformer.dtype == torch.float16 and half.vae.dtype == torch.float16
+    labels = torch.tensor([1, 2, 3])
+    x, steps, samples = _rows()
+    out = half.eps_fn(labels, 4.0)(x, steps, samples)
+    expected = dit.eps_fn(labels, 4.0)(x, steps, samples)
+    assert out.dtype == torch.float64
+    assert (out - expected).abs().max() <= 1e-2 * expected.abs().max()
+    # float16 cannot reproduce the pipeline's float32 x_T: the scheduler loop runs instead.
+    monkeypatch.setattr(half, "_pipeline_reference", lambda *a, **k: pytest.fail("loop path expected"))
+    noise = sample_noise(0, 2, T, half.latent_shape)
+    assert half.sequential_reference(noise, labels[:2], 4.0, T, 0.0, seed=0).dtype == torch.float64
