@@ -1,0 +1,190 @@
+"""ParaDiGMS baseline: Picard iteration over a sliding window (Shih et al., NeurIPS 2023).
+
+This is the parallel sampler that diffusers ships as ``StableDiffusionParadigmsPipeline`` (with
+``DDIMParallelScheduler`` / ``DDPMParallelScheduler``), written against this package's contract so
+that benchmarks compare it with ParaTAA on the same problem, noise and schedule.
+
+Index convention as in ``paratAA.schedule``: trajectory ``x[0..T]``, ``x[T]`` the noise, step ``i``
+maps ``x[i+1]`` to ``x[i]``. Per sample, the window is the ``W`` noisiest non-final steps
+``[lo, h)``, ``lo = max(h - W, 0)``; every ``x[j]`` with ``j >= h`` is final. One iteration:
+
+1. Evaluate the network at ``x[p+1]`` for every window step ``p`` (one batched call) and form the
+   drift ``d[p] = F_p(x[p+1]) - x[p+1]`` (``F_p`` the sampler's step, its noise ``c[p] z[p]``
+   included).
+2. Picard update: ``x[p] <- x[h] + sum_{q=p}^{h-1} d[q]`` for every window step (a cumulative sum
+   from the top of the window: every unknown is anchored on the final ``x[h]``).
+3. Error of each new value against the old one, ``e[p] = mean((x_new[p] - x_old[p])^2)``, compared
+   with ``tolerance^2 * sigma[p-1]^2``: ``sigma`` is the DDPM posterior std of the step that
+   consumes ``x[p]`` (the scheduler's ``_get_variance``, also for DDIM), and the sample ``x[0]``
+   has variance 0, so any change there counts as an error. Walking down from the top, the first
+   ``x[p]`` whose error exceeds that bound is the new frontier (its inputs were accurate, so it is
+   final); if none does, the window advances by its full size ``W``.
+4. Steps that join the window start as a copy of the lowest updated latent ``x[lo]``.
+
+These rules (the tolerance default 0.1, the error scaled by the step's noise variance and compared
+with ``tolerance**2``, the stride, the initialisation) are those of diffusers' pipeline; run with a
+batch of one sample it gives that pipeline's latents and iteration count (``tests/test_paradigms.py``
+checks it on the tiny SD model). Two differences by design: the state is float64, and each sample of
+a batch keeps its own window (the pipeline moves one window for the whole batch, by the slowest
+sample), so a finished sample costs nothing more, as in ``paratAA.solve``.
+
+Unlike ParaTAA's safeguard, the stride rule cannot advance past a step whose input changed by more
+than the tolerance, but an ``x[p]`` accepted with an error just under it is final although not exact:
+the result is close to, not equal to, the sequential sample; smaller tolerances bring it closer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Callable
+
+import torch
+
+from paratAA.equations import first_order_residual, rms
+from paratAA.schedule import Schedule
+from paratAA.solver import (EpsFn, IterationRecord, SolveResult, _checked_output, _is_int, _synchronize,
+                            _validate_noise)
+
+__all__ = ["solve_paradigms", "DEFAULT_TOLERANCE"]
+
+# diffusers' StableDiffusionParadigmsPipeline default (``tolerance=0.1``); its default window is 10.
+DEFAULT_TOLERANCE = 0.1
+
+
+@torch.no_grad()
+def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int,
+                    tolerance: float = DEFAULT_TOLERANCE, max_iters: int | None = None,
+                    callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
+    """Sample a batch with ParaDiGMS (Picard iteration over a sliding window, Shih et al. 2023).
+
+    Args:
+        eps_fn: ``eps_fn(x, steps, samples) -> out`` as for ``paratAA.solve``: ``x`` float64
+            ``(n, *latent)``, ``steps`` the step indices, ``samples`` the sample of each row.
+        schedule: the sampler's coefficients (``Schedule.from_scheduler``).
+        noise: ``(B, T+1, *latent)``: ``noise[:, T]`` is ``x[T]``, ``noise[:, i]`` the ``z[i]`` of step i.
+        window_size: steps per sample evaluated in parallel per iteration (diffusers' ``parallel``).
+        tolerance: stride tolerance (diffusers' ``tolerance``): an updated latent counts as
+            unchanged when its mean squared change is at most ``tolerance**2`` times the noise
+            variance of the step that consumes it.
+        max_iters: stop after this many iterations (``result.converged`` is then False).
+        callback: called with each ``IterationRecord`` after its iteration.
+
+    Returns:
+        A ``SolveResult``; ``max_residual`` in the records is the first-order RMS residual of the
+        window before the update (as in ``paratAA.solve``), not the stride error.
+
+    Raises:
+        ValueError: an argument out of range or a shape mismatch (the message names it).
+        paratAA.NonFiniteError: the network returned NaN or inf.
+    """
+    _check_arguments(schedule, noise, window_size, tolerance, max_iters)
+    num_steps = schedule.num_steps
+    start = time.perf_counter()
+    window_size = min(window_size, num_steps)
+    device = noise.device
+    sched = schedule.to(device)
+    batch = noise.shape[0]
+    noise = noise.to(torch.float64)
+    trajectory = noise[:, num_steps:num_steps + 1].repeat(1, num_steps + 1, *([1] * (noise.dim() - 2)))
+    # Bound on the squared error of x[p] (p = 0..T-1): tolerance^2 sigma[p-1]^2; x[0] has variance 0.
+    variance_next = torch.cat([sched.sigma.new_zeros(1), sched.sigma.pow(2)[:-1]])
+    error_bound = tolerance ** 2 * variance_next
+    frontier = [num_steps] * batch
+    iterations_of = [0] * batch
+    evaluations_of = [0] * batch
+    records: list[IterationRecord] = []
+    iteration = 0
+    while any(frontier) and (max_iters is None or iteration < max_iters):
+        iteration += 1
+        tick = time.perf_counter()
+        windows = [(max(h - window_size, 0), h) if h > 0 else None for h in frontier]
+        rows_x, rows_step, rows_sample = [], [], []
+        for b, window in enumerate(windows):
+            if window is None:
+                continue
+            lo, hi = window
+            rows_x.append(trajectory[b, lo + 1:hi + 1])
+            rows_step.append(torch.arange(lo, hi, device=device))
+            rows_sample.append(torch.full((hi - lo,), b, dtype=torch.long, device=device))
+        x_in = torch.cat(rows_x)
+        steps = torch.cat(rows_step)
+        _synchronize(device)
+        tock = time.perf_counter()
+        out = eps_fn(x_in, steps, torch.cat(rows_sample))
+        _synchronize(device)
+        network_seconds = time.perf_counter() - tock
+        out = _checked_output(out, x_in, iteration)
+
+        max_residual: list[float | None] = [None] * batch
+        offset = 0
+        for b, window in enumerate(windows):
+            if window is None:
+                continue
+            lo, hi = window
+            n = hi - lo
+            x_above = x_in[offset:offset + n]  # x[lo+1..hi]: the inputs of the window's steps
+            g = _per_step(sched.b[lo:hi], x_above) * out[offset:offset + n] \
+                + _per_step(sched.c[lo:hi], x_above) * noise[b, lo:hi]
+            offset += n
+            old = trajectory[b, lo:hi]
+            max_residual[b] = float(rms(first_order_residual(old, x_above, sched.a[lo:hi], g)).max())
+            new = _picard_update(trajectory[b, hi], x_above, sched.a[lo:hi], g)
+            error = (new - old).flatten(1).pow(2).mean(1)
+            frontier[b] = _next_frontier(error, error_bound[lo:hi], window_size, lo, hi)
+            trajectory[b, lo:hi] = new
+            new_lo = max(frontier[b] - window_size, 0)
+            if new_lo < lo:  # steps joining the window start from the lowest updated latent
+                trajectory[b, new_lo:lo] = trajectory[b, lo]
+            iterations_of[b] += 1
+            evaluations_of[b] += n
+
+        # Each sample's current estimate: its lowest initialised latent (x[0] once reached).
+        x0 = torch.stack([trajectory[b, max(h - window_size, 0)] for b, h in enumerate(frontier)])
+        _synchronize(device)
+        record = IterationRecord(
+            iteration=iteration, windows=windows, evaluations=int(steps.shape[0]),
+            max_residual=max_residual, frontier=list(frontier), network_seconds=network_seconds,
+            solver_seconds=time.perf_counter() - tick - network_seconds, x0=x0, done=not any(frontier))
+        records.append(replace(record, x0=None))
+        if callback is not None:
+            callback(record)
+
+    return SolveResult(
+        trajectory=trajectory, iterations=iteration, evaluations=sum(evaluations_of),
+        per_sample_iterations=iterations_of, per_sample_evaluations=evaluations_of,
+        converged=not any(frontier), seconds=time.perf_counter() - start, records=records)
+
+
+def _picard_update(x_top: torch.Tensor, x_above: torch.Tensor, a: torch.Tensor,
+                   g: torch.Tensor) -> torch.Tensor:
+    """``x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1])`` for the window ``p = lo..hi-1``."""
+    drift = _per_step(a - 1.0, x_above) * x_above + g
+    return x_top + drift.flip(0).cumsum(0).flip(0)
+
+
+def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, lo: int, hi: int) -> int:
+    """The stride rule: the highest ``x[p]`` whose change exceeds its bound becomes the frontier.
+
+    Window-local ``error[w]`` belongs to ``x[lo + w]``; walking down from ``x[hi-1]``, the first
+    exceeding one is final (its input ``x[p+1]`` was within tolerance). With none, stride ``W``.
+    """
+    exceeds = (error > bound).flip(0)  # position k is x[hi-1-k]
+    first = int(torch.argmax(exceeds.int())) if bool(exceeds.any()) else hi - lo
+    return max(hi - min(first + 1, window_size), 0)
+
+
+def _check_arguments(schedule: Schedule, noise: torch.Tensor, window_size: int, tolerance: float,
+                     max_iters: int | None) -> None:
+    _validate_noise(schedule, noise)
+    if not _is_int(window_size) or window_size < 1:
+        raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
+    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    if max_iters is not None and (not _is_int(max_iters) or max_iters < 1):
+        raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
+
+
+def _per_step(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(v.shape + (1,) * (like.dim() - 1))
