@@ -9,11 +9,12 @@ the regularised least squares over itself and every noisier window step:
     x_i    <- x_i + R_i - (dX_i + dR_i) gamma_i
 
 Storage is fixed-size: ``capacity`` slots (step ``i`` lives in slot ``i % capacity``; a window never
-holds two steps with the same slot) by ``memory_size - 1`` columns written round-robin, one column
-per iteration for every window step. A step that has been in the window for ``n`` iterations has
-``min(n - 1, memory_size - 1)`` valid columns: the newest ones, found from the column's age. Only
-valid columns enter the sums and a step's own system, so a step new to the window uses only its own
-recent differences and stale columns of a slot's previous occupant never leak in.
+holds two steps with the same slot, and its slots are one or two contiguous slices) by
+``memory_size - 1`` columns written round-robin, one column per iteration for every window step.
+A step that has been in the window for ``n`` iterations has ``min(n - 1, memory_size - 1)`` valid
+columns: the newest ones, found from the column's age. Only valid columns enter the sums and a
+step's own system, so a step new to the window uses only its own recent differences and stale
+columns of a slot's previous occupant never leak in.
 """
 
 from __future__ import annotations
@@ -49,21 +50,17 @@ class TriangularAnderson:
         self._valid_columns = torch.zeros(capacity, dtype=torch.long, device=device)
         self._writes = 0  # iterations recorded so far; the next column written is _writes % columns
 
-    def slots(self, lo: int, hi: int) -> torch.Tensor:
-        """Slots of window steps ``lo..hi-1``, in step order."""
-        return torch.arange(lo, hi, device=self._dx.device) % self.capacity
+    def forget(self, lo: int, hi: int) -> None:
+        """Start an empty history for steps ``lo..hi-1``, which are entering the window."""
+        self._write(self._has_prev, lo, hi, False)
+        self._write(self._valid_columns, lo, hi, 0)
 
-    def forget(self, slots: torch.Tensor) -> None:
-        """Start an empty history for steps entering the window in ``slots``."""
-        self._has_prev[slots] = False
-        self._valid_columns[slots] = 0
-
-    def update(self, slots: torch.Tensor, x: torch.Tensor, residual: torch.Tensor, plain_from: int) -> torch.Tensor:
-        """Record this iteration and return the new iterates of the window.
+    def update(self, lo: int, hi: int, x: torch.Tensor, residual: torch.Tensor, plain_from: int) -> torch.Tensor:
+        """Record this iteration of window steps ``lo..hi-1`` and return their new iterates.
 
         Args:
-            slots: ``(n,)`` slots of the window steps, in step order (``slots(lo, hi)``).
-            x: ``(n, *latent)`` current iterates of the window steps.
+            lo, hi: the window.
+            x: ``(n, *latent)`` current iterates of the window steps, ``n = hi - lo``.
             residual: ``(n, *latent)`` their order-K residuals ``R``.
             plain_from: window-local index of the highest unconverged step (the safeguard): steps
                 at or above it take the plain update ``x + R``. ``n`` or more: accelerate every step.
@@ -73,29 +70,50 @@ class TriangularAnderson:
         """
         column = self._writes % self.columns
         self._writes += 1
-        has_prev = self._has_prev[slots]
-        self._dx[slots, column] = x - self._prev_x[slots]
-        self._dr[slots, column] = residual - self._prev_r[slots]
-        self._prev_x[slots] = x
-        self._prev_r[slots] = residual
-        self._has_prev[slots] = True
-        counts = torch.where(has_prev, (self._valid_columns[slots] + 1).clamp(max=self.columns), 0)
-        self._valid_columns[slots] = counts
+        has_prev = self._read(self._has_prev, lo, hi).clone()  # a view; overwritten below
+        self._write_column(self._dx, lo, hi, column, x - self._read(self._prev_x, lo, hi))
+        self._write_column(self._dr, lo, hi, column, residual - self._read(self._prev_r, lo, hi))
+        self._write(self._prev_x, lo, hi, x)
+        self._write(self._prev_r, lo, hi, residual)
+        self._write(self._has_prev, lo, hi, True)
+        counts = torch.where(has_prev, (self._read(self._valid_columns, lo, hi) + 1).clamp(max=self.columns), 0)
+        self._write(self._valid_columns, lo, hi, counts)
 
         age = (column - torch.arange(self.columns, device=x.device)) % self.columns  # 0 = written now
         valid = (age[None, :] < counts[:, None]).to(x.dtype)  # (n, columns)
-        dx, dr = self._dx[slots], self._dr[slots]  # (n, columns, *latent)
-        flat_dr, flat_r = dr.flatten(2), residual.flatten(1)
-        gram = torch.einsum("ncl,ndl->ncd", flat_dr, flat_dr) * valid[:, :, None] * valid[:, None, :]
-        rhs = torch.einsum("ncl,nl->nc", flat_dr, flat_r) * valid
-        gram, rhs = _suffix_sum(gram), _suffix_sum(rhs)  # sums over s >= i
+        pair_valid = valid[:, :, None] * valid[:, None, :]
+        dx = self._read(self._dx, lo, hi).flatten(2)  # (n, columns, latent size)
+        dr = self._read(self._dr, lo, hi).flatten(2)
+        gram = _suffix_sum(torch.bmm(dr, dr.transpose(1, 2)) * pair_valid)  # sums over s >= i
+        rhs = _suffix_sum(torch.bmm(dr, residual.flatten(1).unsqueeze(2)).squeeze(2) * valid)
         # Step i's own system over its valid columns; an invalid column j gets lambda * gamma_j = 0.
-        gram = gram * valid[:, :, None] * valid[:, None, :]
-        gram = gram + self.regularization * torch.eye(self.columns, dtype=x.dtype, device=x.device)
-        gamma = torch.linalg.solve(gram, (rhs * valid).unsqueeze(-1)).squeeze(-1)
+        gram = gram * pair_valid + self.regularization * torch.eye(self.columns, dtype=x.dtype, device=x.device)
+        gamma = torch.linalg.solve(gram, (rhs * valid).unsqueeze(-1)).transpose(1, 2)  # (n, 1, columns)
         gamma[plain_from:] = 0
-        correction = torch.einsum("ncl,nc->nl", (dx + dr).flatten(2), gamma).view_as(x)
-        return x + residual - correction
+        correction = torch.bmm(gamma, dx).add_(torch.bmm(gamma, dr)).view_as(x)
+        return (x + residual).sub_(correction)
+
+    # Steps lo..hi-1 live in slots lo % capacity, ...: one slice, or two where the range wraps.
+    def _slices(self, lo: int, hi: int) -> list[tuple[slice, slice]]:
+        """(buffer slice, window slice) pairs covering steps lo..hi-1."""
+        start = lo % self.capacity
+        first = min(hi - lo, self.capacity - start)
+        pairs = [(slice(start, start + first), slice(0, first))]
+        if first < hi - lo:
+            pairs.append((slice(0, hi - lo - first), slice(first, hi - lo)))
+        return pairs
+
+    def _read(self, buffer: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        parts = [buffer[where] for where, _ in self._slices(lo, hi)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)  # a view unless the range wraps
+
+    def _write(self, buffer: torch.Tensor, lo: int, hi: int, value) -> None:
+        for where, part in self._slices(lo, hi):
+            buffer[where] = value[part] if isinstance(value, torch.Tensor) else value
+
+    def _write_column(self, buffer: torch.Tensor, lo: int, hi: int, column: int, value: torch.Tensor) -> None:
+        for where, part in self._slices(lo, hi):
+            buffer[where, column] = value[part]
 
 
 def _suffix_sum(v: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ def first_order_residual(x_window: torch.Tensor, x_above: torch.Tensor, a: torch
         a: ``(n,)`` coefficients of the window steps.
         g: ``(n, *latent)``: ``b * out + c * z`` of the window steps.
     """
-    return _bcast(a, x_above) * x_above + g - x_window
+    return torch.addcmul(g, _bcast(a, x_above), x_above).sub_(x_window)
 
 
 def order_k_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:
@@ -43,22 +43,25 @@ def order_k_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: 
     Computed in O(n) with prefix products ``P[j] = a[lo] ... a[j-1]`` and prefix sums
     ``S[j] = sum_{p<j} P[p] g[p]``:  ``F^K_i = (P[u] x[u] + S[u] - S[i]) / P[i]``. When the
     products span too many orders of magnitude for that to be accurate (``a`` near zero or huge),
-    the recurrence is unrolled directly instead.
+    the recurrence is unrolled directly instead. Latent-sized temporaries are kept to two: on a
+    CPU, fresh memory costs more than the arithmetic.
     """
     n = a.shape[0]
     if order <= 1:
-        return _bcast(a, x_above) * x_above + g
+        return torch.addcmul(g, _bcast(a, x_above), x_above)
     prefix = torch.cat([a.new_ones(1), torch.cumprod(a, 0)])  # P[0..n]
     spread = prefix.abs().max() / prefix.abs().min()
     if not bool(torch.isfinite(spread)) or float(spread) > _MAX_PRODUCT_SPREAD:
         return _order_k_by_recurrence(x_above, a, g, order)
-    w = torch.arange(n, device=a.device)
-    u = (w + order).clamp(max=n)  # window-local index of the anchor x[u]; u = n is x[hi]
-    weighted = _bcast(prefix[:n], g) * g
-    sums = torch.cat([torch.zeros_like(g[:1]), torch.cumsum(weighted, 0)])  # S[0..n]
-    x_anchor = x_above[u - 1]  # x_above[k] holds x[lo+k+1]
-    numerator = _bcast(prefix[u], x_anchor) * x_anchor + sums[u] - sums[:n]
-    return numerator / _bcast(prefix[:n], numerator)
+    sums = g.new_zeros((n + 1,) + g.shape[1:])  # S[0..n]
+    torch.cumsum(g * _bcast(prefix[:n], g), 0, out=sums[1:])
+    result = torch.neg(sums[:n])
+    inner = max(n - order, 0)  # rows w < inner anchor on x[w + K] inside the window, the rest on x[hi]
+    result[:inner] += sums[order:n]
+    result[:inner].addcmul_(_bcast(prefix[order:n], g), x_above[order - 1:n - 1])
+    result[inner:] += sums[n]
+    result[inner:].add_(x_above[n - 1], alpha=float(prefix[n]))
+    return result.div_(_bcast(prefix[:n], g))
 
 
 def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:
@@ -84,7 +87,7 @@ def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tens
 
 def rms(r: torch.Tensor) -> torch.Tensor:
     """Root mean square over all but the first dimension: ``(n, *latent) -> (n,)``."""
-    return r.flatten(1).pow(2).mean(1).sqrt()
+    return torch.linalg.vector_norm(r.flatten(1), dim=1) / r[0].numel() ** 0.5
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -145,7 +145,7 @@ class _SampleSolver:
         s, cfg = self.schedule, self.settings
         x_window, x_above = self.x[lo:hi], self.x[lo + 1:hi + 1]
         a = s.a[lo:hi]
-        g = _per_step(s.b[lo:hi], out) * out + _per_step(s.c[lo:hi], out) * self.z[lo:hi]
+        g = (out * _per_step(s.b[lo:hi], out)).addcmul_(_per_step(s.c[lo:hi], out), self.z[lo:hi])
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
         converged = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
@@ -154,7 +154,7 @@ class _SampleSolver:
 
         residual = order_k_map(x_above, a, g, min(cfg.order, hi - lo)) - x_window
         if self.anderson is not None and highest_unconverged is not None:
-            new = self.anderson.update(self.anderson.slots(lo, hi), x_window, residual, highest_unconverged)
+            new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged)
         else:
             new = x_window + residual
         self.x[lo:hi] = new
@@ -174,7 +174,7 @@ class _SampleSolver:
             self.x[steps.start:lowest] = self.x[lowest]
             self.window.initialized_from = steps.start
         if self.anderson is not None:
-            self.anderson.forget(self.anderson.slots(steps.start, steps.stop))
+            self.anderson.forget(steps.start, steps.stop)
 
 
 class Solver:

@@ -52,14 +52,13 @@ def test_a_single_step_uses_its_newest_differences():
     memory, lam = 3, 1e-3
     taa = TriangularAnderson(capacity=4, latent_shape=(5,), memory_size=memory, regularization=lam,
                              device=torch.device("cpu"))
-    slots = taa.slots(2, 3)
-    taa.forget(slots)
+    taa.forget(2, 3)
     xs, rs = [], []
     for k in range(6):
         x = torch.randn(1, 5, generator=gen, dtype=torch.float64)
         r = torch.randn(1, 5, generator=gen, dtype=torch.float64)
         xs.append(x[0]), rs.append(r[0])
-        new = taa.update(slots, x, r, plain_from=1)
+        new = taa.update(2, 3, x, r, plain_from=1)
         newest = min(k, memory - 1)
         if newest == 0:
             expected = x[0] + r[0]  # nothing to accelerate with yet
@@ -78,17 +77,17 @@ def test_triangular_sums_and_a_late_joiner_and_the_safeguard():
                              device=torch.device("cpu"))
     history_x = {i: [] for i in range(3)}
     history_r = {i: [] for i in range(3)}
-    taa.forget(taa.slots(1, 3))
+    taa.forget(1, 3)
     for k in range(4):
         lo = 1 if k == 0 else 0
         if k == 1:
-            taa.forget(taa.slots(0, 1))
+            taa.forget(0, 1)
         x = torch.randn(3 - lo, 4, generator=gen, dtype=torch.float64)
         r = torch.randn(3 - lo, 4, generator=gen, dtype=torch.float64)
         for w, i in enumerate(range(lo, 3)):
             history_x[i].append(x[w])
             history_r[i].append(r[w])
-        new = taa.update(taa.slots(lo, 3), x, r, plain_from=2 - lo)  # step 2 is the highest unconverged
+        new = taa.update(lo, 3, x, r, plain_from=2 - lo)  # step 2 is the highest unconverged
 
         def columns(i, count):
             return ([history_x[i][-j] - history_x[i][-j - 1] for j in range(1, count + 1)],
