@@ -1,0 +1,23 @@
+# Two commands set everything up on a fresh machine (see README.md):
+#   make demo   install into .venv if needed, then run ParaTAA on a tiny DiT on the CPU
+#   make test   install into .venv if needed, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+demo: install
+	$(PY) parallel_dit.py --model_path tiny --num_samples 2 --timesteps 25 --output_path runs/demo --check_sequential
+
+test: install
+	$(PY) -m pytest
