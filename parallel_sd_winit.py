@@ -1,0 +1,123 @@
+"""ParaTAA warm start: solve prompt 1, then prompt 2 starting from prompt 1's trajectory.
+
+    python parallel_sd_winit.py --model_path tiny --timesteps 20 --prompt1 "a dog" --prompt2 "a cat"
+    accelerate launch --num_processes 8 parallel_sd_winit.py --fp16 --variation_steps 30 \\
+        --prompt1 "a cute dog" --prompt2 "a cute cat"
+
+Both prompts use the same noise. Prompt 2 re-solves only steps ``i < --variation_steps`` (the
+least noisy ones) and keeps prompt 1's values above them: an SDEdit-like variation of prompt 1's
+image; with ``--variation_steps`` equal to ``--timesteps`` it is prompt 2's exact sequential sample.
+For comparison prompt 2 is also solved from scratch (``--skip_scratch`` to leave it out), so the
+iterations saved by the warm start are reported. One run folder holds ``prompt1/``, ``prompt2/``
+(whose ``step_0`` is prompt 1's image: watch it turn into prompt 2's), ``prompt2_from_scratch/``
+(final images and metrics only) and a ``summary.json`` comparing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from models import ModelLoadError, load_sd
+from models.sd import DEFAULT_SD
+from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, require_prompt,
+                         run_cli, solver_options, start)
+from paratAA.distributed import shard_eps_fn
+from paratAA.noise import sample_noise
+from paratAA.runs import create_run_dir, run_solve, summary_lines, write_config, write_json
+
+DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: the reference script's flags plus a negative prompt, the scratch baseline, device."""
+    parser = OneLineErrorParser(description="ParaTAA warm start: prompt 2 solved from prompt 1's trajectory.")
+    add_common_args(parser, DEFAULTS)
+    winit = parser.add_argument_group("warm start")
+    winit.add_argument("--prompt1", default="a cute dog", help="prompt solved first, from scratch (default: %(default)s)")
+    winit.add_argument("--prompt2", default="a cute cat",
+                       help="prompt solved from prompt 1's trajectory (default: %(default)s)")
+    winit.add_argument("--negative_prompt", default="", help="negative prompt of both (default: empty)")
+    winit.add_argument("--variation_steps", type=int, default=10,
+                       help="prompt 2 re-solves the steps i < this (the least noisy ones), keeping prompt 1's "
+                            "trajectory above; --timesteps re-solves everything (default: %(default)s)")
+    winit.add_argument("--skip_scratch", action="store_true",
+                       help="do not also solve prompt 2 from scratch (saves time, loses the comparison)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse, load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save."""
+    args = build_parser().parse_args(argv)
+    require_prompt("--prompt1", args.prompt1)
+    require_prompt("--prompt2", args.prompt2)
+    if not 1 <= args.variation_steps <= args.timesteps:
+        raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] (got {args.variation_steps})")
+    context, adapter, schedule = start(
+        args, lambda device: load_sd(args.model_path, device=device, fp16=args.fp16), ModelLoadError)
+    count, num_steps = args.num_samples, args.timesteps
+    negatives = [args.negative_prompt] * count
+    noise = sample_noise(args.seed, count, num_steps, adapter.latent_shape, device=context.device)
+    eps = {prompt: shard_eps_fn(adapter.eps_fn([prompt] * count, negatives, args.cfg_scale), context.accelerator)
+           for prompt in (args.prompt1, args.prompt2)}
+    options = solver_options(args)
+    references = {}  # prompt -> the sequential sampler's latents, computed at most once
+
+    run_dir = None
+    if context.is_main:
+        run_dir = create_run_dir(args.output_path, f"SD-winit-T{num_steps}-v{args.variation_steps}"
+                                                   f"-w{args.window_size}-o{args.order}-m{args.memory_size}"
+                                                   f"-seed{args.seed}")
+        write_config(run_dir, "parallel_sd_winit.py", vars(args),
+                     {"model_id": adapter.model_id, "max_iterations": options["max_iters"],
+                      "device": str(context.device), "dtype": str(adapter.dtype),
+                      "timesteps": schedule.timesteps.tolist()},
+                     context.num_processes)
+
+    def phase(name: str, prompt: str, start_from=None, save_steps: bool = True, check: bool = False):
+        """One solve of ``prompt`` into ``<run>/<name>`` (``start_from``: a warm-start trajectory)."""
+        def sequential_fn():
+            if prompt not in references:
+                references[prompt] = adapter.sequential_reference(noise, [prompt] * count, negatives,
+                                                                  args.cfg_scale, num_steps, args.eta)
+            return references[prompt]
+
+        folder = None
+        if run_dir is not None:
+            folder = run_dir / name
+            folder.mkdir()
+        return run_solve(
+            eps[prompt], schedule, noise, options, folder, adapter.decode,
+            [{"seed": args.seed + k, "prompt": prompt} for k in range(count)],
+            init_trajectory=start_from, variation_steps=None if start_from is None else args.variation_steps,
+            description=name, save_steps=save_steps,
+            sequential_fn=sequential_fn if check and args.check_sequential else None,
+            extra={"world_size": context.num_processes})
+
+    first, first_summary = phase("prompt1", args.prompt1, check=True)
+    # The warm result equals prompt 2's sequential sample only when every step is re-solved.
+    _, warm_summary = phase("prompt2", args.prompt2, start_from=first.trajectory,
+                            check=args.variation_steps == num_steps)
+    scratch_summary = None if args.skip_scratch else phase("prompt2_from_scratch", args.prompt2, save_steps=False,
+                                                           check=True)[1]
+    if run_dir is None:
+        return
+    overview = {"variation_steps": args.variation_steps, "num_steps": num_steps,
+                "prompt1": first_summary, "prompt2": warm_summary, "prompt2_from_scratch": scratch_summary}
+    if scratch_summary is not None:
+        overview["prompt2_iterations_saved"] = scratch_summary["iterations"] - warm_summary["iterations"]
+    write_json(run_dir / "summary.json", overview)
+    for title, summary in (("prompt 1", first_summary), ("prompt 2 from prompt 1", warm_summary),
+                           ("prompt 2 from scratch", scratch_summary)):
+        if summary is not None:
+            print(f"{title}:")
+            print("\n".join("  " + line for line in summary_lines(summary, num_steps)))
+    if scratch_summary is not None:
+        print(f"warm start: prompt 2 took {warm_summary['iterations']} parallel iterations "
+              f"instead of {scratch_summary['iterations']} from scratch")
+    print(f"Output folder: {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
