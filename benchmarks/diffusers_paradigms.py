@@ -39,11 +39,13 @@ class DiffusersParadigmsRun:
     Attributes:
         latents: float64 ``(1, *latent)`` final latents (before decoding).
         iterations: parallel iterations (UNet calls).
+        evaluations: latent rows evaluated (guidance's doubled rows counted once, as in ``paratAA.solve``).
         seconds: wall-clock of the pipeline call.
     """
 
     latents: torch.Tensor
     iterations: int
+    evaluations: int
     seconds: float
 
 
@@ -100,11 +102,13 @@ def run_diffusers_paradigms(sd_pipe: Any, prompt: str, negative_prompt: str, cfg
     pipe = StableDiffusionParadigmsPipeline(**{**components, "scheduler": parallel, "safety_checker": None,
                                                "feature_extractor": None}, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    calls = 0
+    calls, rows = 0, 0
+    rows_per_latent = 2 if cfg_scale > 1 else 1  # the pipeline's guidance rule
 
-    def count(*_: Any) -> None:
-        nonlocal calls
+    def count(_: Any, inputs: tuple) -> None:
+        nonlocal calls, rows
         calls += 1
+        rows += inputs[0].shape[0] // rows_per_latent
 
     hook = pipe.unet.register_forward_pre_hook(count)
     try:
@@ -115,4 +119,5 @@ def run_diffusers_paradigms(sd_pipe: Any, prompt: str, negative_prompt: str, cfg
         seconds = time.perf_counter() - start
     finally:
         hook.remove()
-    return DiffusersParadigmsRun(latents=latents.to(torch.float64).cpu(), iterations=calls, seconds=seconds)
+    return DiffusersParadigmsRun(latents=latents.to(torch.float64).cpu(), iterations=calls, evaluations=rows,
+                                  seconds=seconds)

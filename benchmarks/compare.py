@@ -1,0 +1,354 @@
+"""Side by side on one problem, noise and tolerance: sequential, FP, FP+, ParaTAA, ParaDiGMS (and diffusers' own).
+
+Rows: a problem (``gmm``: the analytic Gaussian mixture, latent 4x32x32; ``tiny-dit`` / ``tiny-sd``:
+the tiny random-weight models; ``dit`` / ``sd`` with ``--dit_path`` / ``--sd_path``), a sampler
+(DDIM eta 0 or DDPM) with T steps, and a window size. Columns per method: parallel iterations,
+network evaluations (rows; classifier-free guidance's doubled batch counts once), wall-clock and
+its ratio to the sequential sampler, the largest absolute latent difference from the sequential
+sample and the latent PSNR against it (``10 log10(range^2 / MSE)``, range = max - min of the
+sequential latents). Every method solves the same B samples from ``paratAA.sample_noise(seed, ...)``.
+
+Methods (``order`` K, ``memory`` m of ``paratAA.solve``; tolerances ``--tol`` for tol1 and tol2):
+
+- ``sequential``: ``paratAA.sequential`` (T network calls of batch B).
+- ``FP``: K = 1, m = 1.  ``FP+``: K = window, m = 1.  ``ParaTAA m{m} K{K}``: m in {2, 3}, a few K.
+- ``ParaDiGMS tol={t}``: ``paratAA.paradigms.solve_paradigms`` at diffusers' default tolerance 0.1
+  and at ``--tol``; for SD-shaped problems also ``diffusers ParaDiGMS tol={t}``, diffusers'
+  ``StableDiffusionParadigmsPipeline`` itself (one sample at a time, as the noise contract needs).
+  For those problems the schedulers are built with ``set_alpha_to_one=True`` (see
+  ``benchmarks.diffusers_paradigms``), so that diffusers' pipeline samples the same sampler.
+
+The summary checks issue 4's targets per row (see ``targets``). Wall-clock here is a CPU's: a
+parallel iteration costs about ``window`` times a sequential step, so ratios above 1 are expected
+without parallel hardware; ``benchmarks/gpu_timing.py`` measures what a GPU gains.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.compare --quick                 # < 10 minutes on 2 CPU cores
+    .venv/bin/python -m benchmarks.compare --problems gmm          # full GMM grid
+    .venv/bin/python -m benchmarks.compare --problems sd --sd_path stable-diffusion-v1-5/stable-diffusion-v1-5 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
+
+# (sampler, T) scenarios of issue 4: DDIM 25 / 50 / 100, DDPM (eta 1) 100 / 1000.
+FULL_SCENARIOS = [("ddim", 25), ("ddim", 50), ("ddim", 100), ("ddpm", 100), ("ddpm", 1000)]
+QUICK_PLAN = {
+    "gmm": [("ddim", 25, [10, 25]), ("ddim", 50, [50]), ("ddim", 100, [10, 100]), ("ddpm", 100, [100]),
+            ("ddpm", 1000, [100])],
+    "tiny-dit": [("ddim", 25, [25]), ("ddpm", 100, [25])],
+    "tiny-sd": [("ddim", 25, [8, 25]), ("ddpm", 100, [25])],
+}
+PROBLEMS = ("gmm", "tiny-dit", "tiny-sd", "dit", "sd")
+DIFFUSERS_DEFAULT_TOLERANCE = 0.1
+PSNR_CAP_DB = 100.0
+
+
+@dataclass
+class Problem:
+    """What every method needs: a network per schedule, the latent shape, how to build a scheduler.
+
+    Attributes:
+        name: problem name (``gmm``, ``tiny-sd``, ...).
+        latent_shape: shape of one latent.
+        make_eps_fn: ``schedule -> eps_fn``.
+        make_scheduler: ``(sampler, T) -> diffusers scheduler`` (``set_timesteps`` done).
+        sd_pipe: the float32 ``StableDiffusionPipeline`` for the diffusers ParaDiGMS column, or None.
+        prompt, negative_prompt, cfg_scale: SD conditioning (sample k uses ``prompt``) or None.
+    """
+
+    name: str
+    latent_shape: tuple[int, ...]
+    make_eps_fn: Callable[[Any], Callable]
+    make_scheduler: Callable[[str, int], Any]
+    sd_pipe: Any = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    cfg_scale: float = 1.0
+
+
+def _ordinary_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    scheduler = cls.from_config(config, clip_sample=False)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def load_problem(name: str, args: argparse.Namespace) -> Problem:
+    """Build a problem by name (``--dit_path`` / ``--sd_path`` for the real models)."""
+    from benchmarks.diffusers_paradigms import scheduler_pair
+
+    device = torch.device(args.device)
+    if name == "gmm":
+        from diffusers import DDIMScheduler
+
+        from paratAA.analytic import gaussian_mixture_problem
+
+        gmm = gaussian_mixture_problem((4, 32, 32), num_components=8, seed=args.seed)
+        config = DDIMScheduler().config  # linear betas 1e-4..0.02, leading spacing, final alpha 1 (DiT's schedule)
+        return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _ordinary_scheduler(config, s, t))
+    if name in ("tiny-dit", "dit"):
+        from models import load_dit
+
+        if name == "dit" and not args.dit_path:
+            raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
+        dit = load_dit("tiny" if name == "tiny-dit" else args.dit_path, None, device, args.fp16)
+        labels = torch.tensor([(207 + 100 * k) % 1000 for k in range(args.samples)])
+        config = dit.make_scheduler(10).config
+        return Problem(name, dit.latent_shape,
+                       lambda schedule: dit.eps_fn(labels, args.cfg_scale, "all", schedule=schedule),
+                       lambda s, t: _ordinary_scheduler(config, s, t))
+    if name in ("tiny-sd", "sd"):
+        from models import load_sd
+
+        if name == "sd" and not args.sd_path:
+            raise SystemExit("--problems sd needs --sd_path (a hub id or a local pipeline directory)")
+        sd = load_sd("tiny" if name == "tiny-sd" else args.sd_path, device, args.fp16)
+        prompts, negatives = [args.prompt] * args.samples, [""] * args.samples
+        return Problem(name, sd.latent_shape,
+                       lambda schedule: sd.eps_fn(prompts, negatives, args.cfg_scale, schedule=schedule),
+                       lambda s, t: scheduler_pair(sd.pipe.scheduler.config, s, t)[1],
+                       sd_pipe=None if args.fp16 else sd.pipe, prompt=args.prompt, cfg_scale=args.cfg_scale)
+    raise SystemExit(f"--problems: unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")
+
+
+def latent_metrics(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Largest absolute difference and latent PSNR (dB, capped at 100) against the sequential sample."""
+    samples, reference = samples.double().cpu(), reference.double().cpu()
+    mse = float((samples - reference).pow(2).mean())
+    peak = float(reference.max() - reference.min())
+    psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(peak ** 2 / mse))
+    return {"max_abs_diff": float((samples - reference).abs().max()), "psnr_db": psnr}
+
+
+def _residual_trace(records: list) -> list[float]:
+    """Per iteration, the largest first-order RMS residual over the batch (4 significant digits)."""
+    trace = []
+    for record in records:
+        values = [v for v in record.max_residual if v is not None]
+        trace.append(float(f"{max(values):.4g}") if values else 0.0)
+    return trace
+
+
+def method_grid(window: int, tol: float, with_diffusers: bool) -> list[dict[str, Any]]:
+    """The methods of one row: name and settings."""
+    methods: list[dict[str, Any]] = [dict(name="FP", kind="solve", order=1, memory=1),
+                                     dict(name="FP+", kind="solve", order=window, memory=1)]
+    for memory in (2, 3):
+        for order in sorted({min(20, window), window}):
+            methods.append(dict(name=f"ParaTAA m{memory} K{order}", kind="solve", order=order, memory=memory))
+    for tolerance in sorted({DIFFUSERS_DEFAULT_TOLERANCE, tol}, reverse=True):
+        methods.append(dict(name=f"ParaDiGMS tol={tolerance:g}", kind="paradigms", tolerance=tolerance))
+        if with_diffusers:
+            methods.append(dict(name=f"diffusers ParaDiGMS tol={tolerance:g}", kind="diffusers", tolerance=tolerance))
+    return methods
+
+
+def run_method(method: dict[str, Any], problem: Problem, sampler: str, schedule: Any, eps_fn: Callable,
+               noise: torch.Tensor, window: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one method on one row; returns iterations, evaluations, seconds, residual trace, samples."""
+    from paratAA import solve
+    from paratAA.paradigms import solve_paradigms
+
+    if method["kind"] == "solve":
+        result = solve(eps_fn, schedule, noise, window_size=window, order=method["order"],
+                       memory_size=method["memory"], tol1=args.tol, tol2=args.tol)
+    elif method["kind"] == "paradigms":
+        result = solve_paradigms(eps_fn, schedule, noise, window_size=window, tolerance=method["tolerance"])
+    else:
+        return _run_diffusers(method, problem, sampler, schedule.num_steps, window, noise.shape[0], args)
+    return dict(iterations=result.iterations, evaluations=result.evaluations, seconds=result.seconds,
+                converged=result.converged, residuals=_residual_trace(result.records), samples=result.samples)
+
+
+def _run_diffusers(method: dict[str, Any], problem: Problem, sampler: str, num_steps: int, window: int,
+                   batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.diffusers_paradigms import run_diffusers_paradigms
+
+    runs = [run_diffusers_paradigms(problem.sd_pipe, problem.prompt, problem.negative_prompt, problem.cfg_scale,
+                                    sampler, num_steps, window, method["tolerance"], args.seed + k)
+            for k in range(batch)]
+    return dict(iterations=max(r.iterations for r in runs), evaluations=sum(r.evaluations for r in runs),
+                seconds=sum(r.seconds for r in runs), converged=True, residuals=[],
+                samples=torch.cat([r.latents for r in runs]))
+
+
+def run_row(problem: Problem, sampler: str, num_steps: int, windows: list[int],
+            args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Sequential once, then every method for every window; one result dict per (window, method)."""
+    from paratAA import Schedule, sample_noise, sequential
+
+    schedule = Schedule.from_scheduler(problem.make_scheduler(sampler, num_steps), eta=0.0)
+    eps_fn = problem.make_eps_fn(schedule)
+    noise = sample_noise(args.seed, args.samples, num_steps, problem.latent_shape, device=args.device)
+    start = time.perf_counter()
+    reference = sequential(eps_fn, schedule, noise)[:, 0]
+    sequential_seconds = time.perf_counter() - start
+    base = dict(problem=problem.name, sampler=sampler, num_steps=num_steps, samples=args.samples, tol=args.tol)
+    rows = []
+    for window in windows:
+        rows.append(dict(base, window=window, method="sequential", iterations=num_steps,
+                         evaluations=num_steps * args.samples, seconds=sequential_seconds, time_ratio=1.0,
+                         converged=True, residuals=[], **latent_metrics(reference, reference)))
+        for method in method_grid(window, args.tol, problem.sd_pipe is not None):
+            outcome = run_method(method, problem, sampler, schedule, eps_fn, noise, window, args)
+            samples = outcome.pop("samples")
+            rows.append(dict(base, window=window, method=method["name"], **outcome,
+                             time_ratio=outcome["seconds"] / sequential_seconds,
+                             **latent_metrics(samples, reference)))
+            print(f"  {problem.name} {sampler}-{num_steps} W={window} {method['name']}: "
+                  f"{rows[-1]['iterations']} it, diff {rows[-1]['max_abs_diff']:.2e}", file=sys.stderr, flush=True)
+    return rows
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 4's targets, per (problem, sampler, T, window) row group.
+
+    - ``taa_lt_fpplus_lt_fp``: the fewest ParaTAA iterations < FP+ iterations < FP iterations.
+    - ``taa_le_0.7_paradigms@tol``: some ParaTAA run has at most 0.7x the iterations of the ParaDiGMS
+      run (ours) at that tolerance, with a largest latent difference no bigger than ParaDiGMS'.
+    - ``ddim100_gmm_le_7_iters``: on ``gmm`` DDIM-100, some ParaTAA run converges in <= 7 iterations
+      with a largest difference < 1e-2.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["problem"], row["sampler"], row["num_steps"], row["window"]), []).append(row)
+    checks = []
+    for (problem, sampler, num_steps, window), group in groups.items():
+        by_name = {r["method"]: r for r in group}
+        taa = [r for r in group if r["method"].startswith("ParaTAA")]
+        best = min(taa, key=lambda r: (r["iterations"], r["max_abs_diff"]))
+        check = dict(problem=problem, sampler=sampler, num_steps=num_steps, window=window,
+                     best_paratAA=best["method"], paratAA_iterations=best["iterations"],
+                     fp_plus_iterations=by_name["FP+"]["iterations"], fp_iterations=by_name["FP"]["iterations"])
+        check["taa_lt_fpplus_lt_fp"] = (best["iterations"] < check["fp_plus_iterations"] < check["fp_iterations"])
+        for r in group:
+            if r["method"].startswith("ParaDiGMS"):
+                tol = r["method"].split("=")[1]
+                check[f"paradigms_iterations@{tol}"] = r["iterations"]
+                check[f"taa_le_0.7_paradigms@{tol}"] = any(
+                    t["iterations"] <= 0.7 * r["iterations"] and t["max_abs_diff"] <= r["max_abs_diff"] for t in taa)
+        if problem == "gmm" and sampler == "ddim" and num_steps == 100:
+            check["ddim100_gmm_le_7_iters"] = any(t["iterations"] <= 7 and t["max_abs_diff"] < 1e-2 for t in taa)
+        checks.append(check)
+    return checks
+
+
+def format_tables(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    """Markdown: one table per (problem, sampler, T, window) group, then the targets."""
+    out = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["problem"], row["sampler"], row["num_steps"], row["window"]), []).append(row)
+    for (problem, sampler, num_steps, window), group in groups.items():
+        out.append(f"\n**{problem}, {sampler.upper()} {num_steps} steps, window {window}** "
+                   f"(B = {group[0]['samples']}, tol = {group[0]['tol']:g})\n")
+        out.append("| method | iterations | evaluations | seconds | x sequential | max abs diff | PSNR dB |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in group:
+            flag = "" if r["converged"] else " (not converged)"
+            out.append(f"| {r['method']}{flag} | {r['iterations']} | {r['evaluations']} | {r['seconds']:.2f} "
+                       f"| {r['time_ratio']:.2f} | {r['max_abs_diff']:.2e} | {r['psnr_db']:.1f} |")
+    out.append("\n**Targets (issue 4)**\n")
+    keys = sorted({k for c in checks for k in c if k.startswith(("taa_", "ddim100"))})
+    out.append("| row | best ParaTAA (iters) | FP+ | FP | " + " | ".join(keys) + " |")
+    out.append("|---|---|---|---|" + "---|" * len(keys))
+    for c in checks:
+        marks = [("met" if c[k] else "NOT met") if k in c else "" for k in keys]
+        out.append(f"| {c['problem']} {c['sampler']}-{c['num_steps']} W={c['window']} "
+                   f"| {c['best_paratAA']} ({c['paratAA_iterations']}) | {c['fp_plus_iterations']} "
+                   f"| {c['fp_iterations']} | " + " | ".join(marks) + " |")
+    return "\n".join(out)
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, str, int, list[int]]]:
+    if args.quick:
+        return [(p, s, t, w) for p in args.problems for s, t, w in QUICK_PLAN.get(p, QUICK_PLAN["tiny-sd"])]
+    plan = []
+    for problem in args.problems:
+        for sampler, num_steps in FULL_SCENARIOS:
+            if num_steps > args.max_steps:
+                continue
+            windows = sorted({w for w in args.windows if w < num_steps} | {min(num_steps, args.max_window)})
+            plan.append((problem, sampler, num_steps, windows))
+    return plan
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse arguments, run every row, print the tables, write the JSON."""
+    from benchmarks.solver_overhead import machine_info
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problems", type=lambda s: s.split(","), default=["gmm", "tiny-dit", "tiny-sd"],
+                        help=f"comma-separated, from {', '.join(PROBLEMS)}")
+    parser.add_argument("--quick", action="store_true", help="the quick suite (< 10 minutes on 2 CPU cores)")
+    parser.add_argument("--windows", type=lambda s: [int(v) for v in s.split(",")], default=[10],
+                        help="window sizes besides T (full suite)")
+    parser.add_argument("--max_window", type=int, default=1000, help="largest window (full suite)")
+    parser.add_argument("--max_steps", type=int, default=1000, help="skip scenarios with more steps (full suite)")
+    parser.add_argument("--samples", type=int, default=2, help="B, samples solved together")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-3, help="tol1 = tol2 of ParaTAA/FP/FP+; also a ParaDiGMS tolerance")
+    parser.add_argument("--cfg_scale", type=float, default=4.0, help="guidance scale of the DiT / SD problems")
+    parser.add_argument("--prompt", default="a photograph of an astronaut riding a horse")
+    parser.add_argument("--dit_path", default=None, help="DiT weights for --problems dit")
+    parser.add_argument("--sd_path", default=None, help="SD pipeline for --problems sd")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: tiny networks run 20-50x slower with spinning "
+                             "OpenMP threads on a busy 2-core machine; 0: torch's default)")
+    parser.add_argument("--fp16", action="store_true", help="run the networks in float16 (no diffusers column)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error("--samples must be >= 1")
+    if not (args.tol > 0):
+        parser.error("--tol must be > 0")
+    if any(w < 1 for w in args.windows) or args.max_window < 1:
+        parser.error("--windows / --max_window must be >= 1")
+    unknown = [p for p in args.problems if p not in PROBLEMS]
+    if unknown:
+        parser.error(f"--problems: unknown {unknown}; choose from {', '.join(PROBLEMS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    problems: dict[str, Problem] = {}
+    for name, sampler, num_steps, windows in _plan(args):
+        if name not in problems:
+            problems[name] = load_problem(name, args)
+        rows.extend(run_row(problems[name], sampler, num_steps, windows, args))
+    checks = targets(rows)
+    report = dict(benchmark="compare", command=" ".join(["python -m benchmarks.compare", *(argv or sys.argv[1:])]),
+                  machine=machine_info("cuda" if args.device.startswith("cuda") else "cpu"),
+                  torch_threads=torch.get_num_threads(), seconds=time.perf_counter() - start,
+                  settings={k: v for k, v in vars(args).items() if k != "out"}, rows=rows, targets=checks)
+    print(format_tables(rows, checks))
+    print(f"\ntotal {report['seconds']:.0f} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

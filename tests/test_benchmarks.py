@@ -1,0 +1,75 @@
+"""Quick modes of the benchmark entry points (tiny sizes) and the target bookkeeping of compare.py."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import compare, gpu_timing, solver_overhead
+
+
+def test_solver_overhead_quick_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "overhead.json"
+    report = solver_overhead.main(["--quick", "--iters", "2", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == report["rows"] and len(saved["rows"]) == 2  # windows 4 and T = 10, memory 2
+    for row in saved["rows"]:
+        assert row["iterations_timed"] == 2 and row["solver_ms"] > 0 and row["peak_rss_mb"] > 0
+        assert row["trajectory_mb"] == pytest.approx(11 * 4 * 8 * 8 * 8 / 2**20)
+    assert "| 4x8x8 | 10 | 4 | 2 |" in capsys.readouterr().out
+
+
+def test_solver_overhead_rejects_bad_latent():
+    with pytest.raises(SystemExit):
+        solver_overhead.main(["--latents", "4x0x8"])
+
+
+def test_compare_gmm_row_is_exact_and_checks_targets(tmp_path):
+    out = tmp_path / "compare.json"
+    report = compare.main(["--problems", "gmm", "--max_steps", "25", "--windows", "5", "--max_window", "25",
+                           "--samples", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["window"] for r in rows} == {5, 25} and {r["num_steps"] for r in rows} == {25}
+    by_method = {(r["window"], r["method"]): r for r in rows}
+    assert by_method[(25, "sequential")]["max_abs_diff"] == 0
+    for window in (5, 25):
+        for name in ("FP", "FP+", "ParaTAA m2 K5", "ParaDiGMS tol=0.1", "ParaDiGMS tol=0.001"):
+            row = by_method[(window, name if name != "ParaTAA m2 K5" else f"ParaTAA m2 K{min(20, window)}")]
+            assert row["converged"] and 1 <= row["iterations"] <= 25
+            assert row["max_abs_diff"] < 0.5 and len(row["residuals"]) == row["iterations"]
+    assert len(report["targets"]) == 2 and all("taa_lt_fpplus_lt_fp" in t for t in report["targets"])
+
+
+def _row(method, iterations, diff, window=10):
+    return dict(problem="gmm", sampler="ddim", num_steps=100, window=window, method=method,
+                iterations=iterations, max_abs_diff=diff)
+
+
+def test_targets_bookkeeping():
+    rows = [_row("FP", 60, 1e-3), _row("FP+", 20, 1e-3), _row("ParaTAA m2 K10", 7, 5e-3),
+            _row("ParaDiGMS tol=0.1", 10, 1e-2), _row("ParaDiGMS tol=0.001", 12, 1e-4)]
+    (check,) = compare.targets(rows)
+    assert check["taa_lt_fpplus_lt_fp"] and check["ddim100_gmm_le_7_iters"]
+    assert check["taa_le_0.7_paradigms@0.1"]  # 7 <= 0.7 * 10 and 5e-3 <= 1e-2
+    assert not check["taa_le_0.7_paradigms@0.001"]  # larger difference than ParaDiGMS at 1e-3
+    rows[2] = _row("ParaTAA m2 K10", 25, 5e-3)
+    (check,) = compare.targets(rows)
+    assert not check["taa_lt_fpplus_lt_fp"] and not check["ddim100_gmm_le_7_iters"]
+
+
+def test_gpu_timing_tiny_cpu_smoke(tmp_path):
+    report = gpu_timing.main(["--device", "cpu", "--tiny", "--models", "dit", "--windows", "1,3",
+                              "--steps", "6", "--repeats", "1", "--compare_json", str(tmp_path / "none.json"),
+                              "--out_dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_timing.json").read_text())
+    assert saved["smoke_run"] and saved["results"][0]["latent"] == [4, 8, 8]
+    windows = saved["results"][0]["windows"]
+    assert [w["window"] for w in windows] == [1, 3]
+    assert all(w["network_seconds"] > 0 and w["solver_seconds"] > 0 for w in windows)
+    assert report["results"][0]["sequential_step_seconds"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_timing_without_cuda_says_so():
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        gpu_timing.main([])
