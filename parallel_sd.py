@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="SD ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
         extra={"world_size": context.num_processes})
     if summary is not None:
-        print_report(summary, args.timesteps, run_dir)
+        print_report(summary, run_dir)
 
 
 if __name__ == "__main__":

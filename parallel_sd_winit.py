@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                            ("prompt 2 from scratch", scratch_summary)):
         if summary is not None:
             print(f"{title}:")
-            print("\n".join("  " + line for line in summary_lines(summary, num_steps)))
+            print("\n".join("  " + line for line in summary_lines(summary)))
     if scratch_summary is not None:
         print(f"warm start: prompt 2 took {warm_summary['iterations']} parallel iterations "
               f"instead of {scratch_summary['iterations']} from scratch")

@@ -45,7 +45,7 @@ class ReferenceDefaults:
     timesteps: int
     order: int
     model_path: str
-    num_samples: int | None = 10
+    num_samples: int | None = 10  # None: the script derives it (DiT: from --class_labels)
 
 
 def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults) -> None:
@@ -65,7 +65,8 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
     sampling.add_argument("--seed", type=int, default=0,
                           help="sample k draws its noise from a CPU generator seeded with seed + k (default: %(default)s)")
     sampling.add_argument("--num_samples", type=int, default=defaults.num_samples,
-                          help="number of samples, solved together (default: %(default)s)")
+                          help="number of samples, solved together (default: %(default)s)" if defaults.num_samples
+                          else "number of samples, solved together (default: one per --class_labels, else 10)")
 
     solver = parser.add_argument_group("ParaTAA")
     solver.add_argument("--window_size", type=int, default=100,

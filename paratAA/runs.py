@@ -192,12 +192,13 @@ def compare_with_sequential(
     ]
 
 
-def summary_lines(summary: dict[str, Any], num_steps: int) -> list[str]:
-    """Human-readable lines of a summary: per sample, its iterations against the T sequential steps."""
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Human-readable lines of a summary: per sample, its iterations against the steps it solved."""
     lines = []
     for sample in summary["samples"]:
-        line = (f"sample {sample['sample']}: {sample['iterations']} parallel iterations for {num_steps} steps "
-                f"({sample['evaluations']} network evaluations, {sample['seconds']:.2f} s"
+        line = (f"sample {sample['sample']}: {sample['iterations']} parallel iterations for "
+                f"{summary['solved_steps']} steps ({sample['evaluations']} network evaluations, "
+                f"{sample['seconds']:.2f} s"
                 f"{'' if sample['converged'] else ', stopped by --max_steps before converging'})")
         if "sequential_max_abs_diff" in sample:
             line += (f"; vs sequential: max |diff| {sample['sequential_max_abs_diff']:.2e}, "
@@ -240,12 +241,12 @@ def run_solve(
     Raises:
         UsageError: the solver rejected an argument.
     """
+    num_steps = schedule.num_steps
+    solved_steps = variation_steps if init_trajectory is not None and variation_steps else num_steps
     recorder = None
     if run_dir is not None:
-        num_steps = schedule.num_steps
         start_x0 = noise[:, num_steps] if init_trajectory is None else init_trajectory[:, 0]
-        steps_to_solve = variation_steps if init_trajectory is not None and variation_steps else num_steps
-        total = min(steps_to_solve, options.get("max_iters") or steps_to_solve)
+        total = min(solved_steps, options.get("max_iters") or solved_steps)
         recorder = RunRecorder(run_dir, decode, start_x0, total, save_steps, description)
     with user_errors(ValueError):
         result = solve(eps_fn, schedule, noise, **options, init_trajectory=init_trajectory,
@@ -253,7 +254,7 @@ def run_solve(
                        callback=recorder.on_iteration if recorder is not None else None)
     if recorder is None:
         return result, None
-    extra = {"num_steps": schedule.num_steps, **(extra or {})}
+    extra = {"num_steps": num_steps, "solved_steps": solved_steps, **(extra or {})}
     comparisons = None
     if sequential_fn is not None:
         start = time.perf_counter()
@@ -266,9 +267,9 @@ def run_solve(
     return result, recorder.finish(result, sample_info, extra, comparisons)
 
 
-def print_report(summary: dict[str, Any], num_steps: int, run_dir: Path) -> None:
+def print_report(summary: dict[str, Any], run_dir: Path) -> None:
     """Print the per-sample lines of a summary, then (always last) the run folder."""
-    print("\n".join(summary_lines(summary, num_steps)))
+    print("\n".join(summary_lines(summary)))
     print(f"Output folder: {run_dir}")
 
 

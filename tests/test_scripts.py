@@ -49,8 +49,6 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         "dit": (DIT + ["--check_sequential"], root / "dit"),
         # Same arguments and output path as "dit", run at the same moment: a separate folder.
         "dit_2proc": (ACCELERATE + DIT, root / "dit"),
-        "dit_capped": (["parallel_dit.py", "--model_path", "tiny", "--timesteps", str(T), "--class_labels", "3", "7",
-                        "--guidance", "original", "--eta", "0.5", "--max_steps", "3"], root / "capped"),
         "sd": (["parallel_sd.py", "--model_path", "tiny", "--timesteps", str(T), "--num_samples", "2",
                 "--prompt", "a cat", "--negative_prompt", "a dog", "--check_sequential", *TIGHT], root / "sd"),
         "winit": (["parallel_sd_winit.py", "--model_path", "tiny", "--timesteps", str(T), "--variation_steps", str(T),
@@ -136,15 +134,20 @@ def test_dit_two_processes_agree_with_one(runs) -> None:
     assert difference.abs().max() < 1e-5
 
 
-def test_dit_max_steps_labels_and_guidance_rule(runs) -> None:
-    run = _ok(runs, "dit_capped")
+def test_dit_max_steps_labels_and_guidance_rule(tmp_path, capsys, single_thread) -> None:
+    """In-process (the script's ``main`` through ``run_cli``, as ``__main__`` does)."""
+    status = run_cli(parallel_dit.main, ["--model_path", "tiny", "--timesteps", str(T), "--class_labels", "3", "7",
+                                         "--guidance", "original", "--eta", "0.5", "--max_steps", "3",
+                                         "--output_path", str(tmp_path)])
+    stdout = capsys.readouterr().out
+    assert status == 0 and "stopped by --max_steps" in stdout
+    run = Path(stdout.strip().splitlines()[-1].removeprefix("Output folder: "))
     summary = _check_run_folder(run, num_samples=2, num_steps=T)
     # --max_steps 3: three images per sample including the start, i.e. two iterations.
     assert summary["iterations"] == 2 and not summary["converged"]
     assert [s["class_label"] for s in summary["samples"]] == [3, 7]
     config = _json(run / "config.json")
     assert config["args"]["guidance"] == "original" and config["resolved"]["max_iterations"] == 2
-    assert "stopped by --max_steps" in runs["dit_capped"]["stdout"]
 
 
 def test_sd_matches_sequential_pipeline(runs) -> None:
@@ -161,6 +164,7 @@ def test_winit_reports_warm_and_scratch(runs) -> None:
         _check_sequential(summary, summary["latent_scale"])
     scratch = overview["prompt2_from_scratch"]
     _check_sequential(scratch, summary["latent_scale"])
+    assert overview["prompt2"]["solved_steps"] == T  # --variation_steps T: every step re-solved
     assert (run / "prompt2_from_scratch" / "sample_0" / "final.png").exists()
     assert overview["prompt2_iterations_saved"] == scratch["iterations"] - overview["prompt2"]["iterations"]
     # Prompt 2's animation starts from prompt 1's image.
