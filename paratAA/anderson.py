@@ -55,7 +55,8 @@ class TriangularAnderson:
         self._write(self._has_prev, lo, hi, False)
         self._write(self._valid_columns, lo, hi, 0)
 
-    def update(self, lo: int, hi: int, x: torch.Tensor, residual: torch.Tensor, plain_from: int) -> torch.Tensor:
+    def update(self, lo: int, hi: int, x: torch.Tensor, residual: torch.Tensor, plain_from: int,
+               reanchor_a: torch.Tensor | None = None) -> torch.Tensor:
         """Record this iteration of window steps ``lo..hi-1`` and return their new iterates.
 
         Args:
@@ -64,6 +65,14 @@ class TriangularAnderson:
             residual: ``(n, *latent)`` their order-K residuals ``R``.
             plain_from: window-local index of the highest unconverged step (the safeguard): steps
                 at or above it take the plain update ``x + R``. ``n`` or more: accelerate every step.
+            reanchor_a: ``(n,)`` step coefficients ``a`` of the window, to re-anchor the accelerated
+                steps on the plain update of step ``i* = plain_from`` (an extension, off when None).
+                With full order, ``G_i = x_i + R_i`` splits into the steps ``i..i*-1`` plus
+                ``A(i, i*-1) G_{i*}``; step ``i*`` takes no correction, so the part
+                ``A(i, i*-1) (dX_{i*} + dR_{i*}) gamma_i`` is removed from step ``i``'s correction.
+                Otherwise the steps just below ``i*`` are corrected for a move of ``x[i*]`` that does
+                not happen, and the next iteration is spent re-converging them (a one-step lag of the
+                frontier). Only the iterates change, never the solution.
 
         Returns:
             ``(n, *latent)`` updated iterates.
@@ -90,8 +99,13 @@ class TriangularAnderson:
         gram = gram * pair_valid + self.regularization * torch.eye(self.columns, dtype=x.dtype, device=x.device)
         gamma = torch.linalg.solve(gram, (rhs * valid).unsqueeze(-1)).transpose(1, 2)  # (n, 1, columns)
         gamma[plain_from:] = 0
-        correction = torch.bmm(gamma, dx).add_(torch.bmm(gamma, dr)).view_as(x)
-        return (x + residual).sub_(correction)
+        correction = torch.bmm(gamma, dx).add_(torch.bmm(gamma, dr))  # (n, 1, latent size)
+        if reanchor_a is not None and 0 < plain_from < x.shape[0]:
+            top = plain_from
+            carried = reanchor_a[:top].flip(0).cumprod(0).flip(0)  # A(i, i*-1) for i < i*
+            inherited = torch.bmm(gamma[:top], (dx[top] + dr[top]).expand(top, -1, -1))
+            correction[:top].sub_(inherited * carried.view(-1, 1, 1))
+        return (x + residual).sub_(correction.view_as(x))
 
     # Steps lo..hi-1 live in slots lo % capacity, ...: one slice, or two where the range wraps.
     def _slices(self, lo: int, hi: int) -> list[tuple[slice, slice]]:

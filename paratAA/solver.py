@@ -115,6 +115,7 @@ class _Settings:
     tol1: float
     tol2: float
     anderson_lambda: float
+    reanchor: bool
 
 
 class _SampleSolver:
@@ -154,7 +155,8 @@ class _SampleSolver:
 
         residual = order_k_map(x_above, a, g, min(cfg.order, hi - lo)) - x_window
         if self.anderson is not None and highest_unconverged is not None:
-            new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged)
+            new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged,
+                                       reanchor_a=a if cfg.reanchor else None)
         else:
             new = x_window + residual
         self.x[lo:hi] = new
@@ -187,7 +189,7 @@ class Solver:
     def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int, order: int,
                  memory_size: int, tol1: float = 1e-3, tol2: float = 1e-3, max_iters: int | None = None,
                  init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
-                 anderson_lambda: float = 1e-3):
+                 anderson_lambda: float = 1e-3, reanchor: bool = False):
         _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
                   init_trajectory, variation_steps, anderson_lambda)
         num_steps = schedule.num_steps
@@ -196,7 +198,7 @@ class Solver:
         self.noise = noise.to(torch.float64)
         self.max_iters = max_iters
         settings = _Settings(min(window_size, num_steps), order, memory_size, float(tol1), float(tol2),
-                             float(anderson_lambda))
+                             float(anderson_lambda), bool(reanchor))
         if init_trajectory is None:
             self.trajectory = torch.zeros_like(self.noise)
             frontier, initialized_from = num_steps, num_steps
@@ -270,7 +272,7 @@ class Solver:
 def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int, order: int,
           memory_size: int, tol1: float = 1e-3, tol2: float = 1e-3, max_iters: int | None = None,
           init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
-          anderson_lambda: float = 1e-3,
+          anderson_lambda: float = 1e-3, reanchor: bool = False,
           callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
     """Solve B sampling trajectories in parallel (FP, FP+ or ParaTAA; see the module docstring).
 
@@ -289,6 +291,10 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
         variation_steps: with ``init_trajectory``: re-solve only steps ``i < variation_steps``,
             keeping the others (default T: re-solve everything).
         anderson_lambda: TAA's regularisation lambda, ``> 0``.
+        reanchor: an extension of the published method (off by default): below the highest
+            unconverged step, TAA leaves out the change it would inherit from that step, which
+            takes the plain update (see ``TriangularAnderson.update``). It removes the one-step
+            lag of the frontier after a jump; the solution is unchanged.
         callback: called with every ``IterationRecord`` as soon as it is made.
 
     Returns:
@@ -300,7 +306,7 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
     """
     solver = Solver(eps_fn, schedule, noise, window_size=window_size, order=order, memory_size=memory_size,
                     tol1=tol1, tol2=tol2, max_iters=max_iters, init_trajectory=init_trajectory,
-                    variation_steps=variation_steps, anderson_lambda=anderson_lambda)
+                    variation_steps=variation_steps, anderson_lambda=anderson_lambda, reanchor=reanchor)
     for record in solver.iterate():
         if callback is not None:
             callback(record)

@@ -109,3 +109,28 @@ def test_triangular_sums_and_a_late_joiner_and_the_safeguard():
             gamma = torch.linalg.solve(gram, rhs)
             expected = x[w] + r[w] - (torch.stack(dx, 1) + torch.stack(dr, 1)) @ gamma
             torch.testing.assert_close(new[w], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_reanchoring_removes_the_change_inherited_from_the_plain_step():
+    """With reanchor_a, step i < i* drops A(i, i*-1) (dX_{i*} + dR_{i*}) gamma_i from its correction."""
+    gen = torch.Generator().manual_seed(2)
+    n, top = 4, 2
+    a = 1 + torch.rand(n, generator=gen, dtype=torch.float64)
+    histories = [TriangularAnderson(capacity=n, latent_shape=(3,), memory_size=3, regularization=1e-3,
+                                    device=torch.device("cpu")) for _ in range(2)]
+    for taa in histories:
+        taa.forget(0, n)
+    for k in range(3):
+        x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+        r = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+        plain = histories[0].update(0, n, x, r, plain_from=top)
+        anchored = histories[1].update(0, n, x, r, plain_from=top, reanchor_a=a)
+    torch.testing.assert_close(anchored[top:], plain[top:])  # at and above i*: the plain update either way
+    dx, dr = histories[0]._dx[top], histories[0]._dr[top]  # (columns, 3): step i*'s differences
+    for i in range(top):
+        # Recover gamma_i from the plain correction, then check the re-anchored one.
+        own = histories[0]._dx[i] + histories[0]._dr[i]
+        gamma = torch.linalg.lstsq(own.T, (x[i] + r[i] - plain[i]).unsqueeze(1)).solution.squeeze(1)
+        carried = torch.prod(a[i:top])
+        expected = plain[i] + carried * ((dx + dr).T @ gamma)
+        torch.testing.assert_close(anchored[i], expected, rtol=1e-9, atol=1e-10)

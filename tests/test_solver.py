@@ -61,6 +61,18 @@ def test_converged_solve_equals_sequential_and_diffusers(eta, window, order, mem
     assert (result.samples - oracle).abs().max() < 1e-4 * (1 + oracle.abs().max())
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("window, order, memory", [(T, T, 2), (T, T, 4), (11, 4, 3), (7, 7, 2)])
+def test_reanchored_taa_converges_to_sequential(eta, window, order, memory):
+    schedule = ddim_schedule(eta=eta)
+    eps_fn = mixture_eps(schedule)
+    noise = sample_noise(8, 2, T, LATENT)
+    result = solve(eps_fn, schedule, noise, window_size=window, order=order, memory_size=memory, reanchor=True,
+                   **TIGHT)
+    assert result.converged and result.iterations <= T
+    assert (result.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
 def test_other_prediction_types_converge_to_sequential(prediction):
     schedule = ddim_schedule(eta=1.0, prediction=prediction)
@@ -126,12 +138,13 @@ def adversarial_eps(x: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor)
     return 2.0 * torch.sin(40.0 * x + phase) * torch.cos(15.0 * x.roll(1, dims=-1))
 
 
-@pytest.mark.parametrize("window, order, memory", [(T, T, 2), (T, T, 5), (10, 10, 3), (T, 1, 1), (T, 5, 4)])
-def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory):
+@pytest.mark.parametrize("window, order, memory, reanchor", [
+    (T, T, 2, False), (T, T, 5, False), (10, 10, 3, False), (T, 1, 1, False), (T, 5, 4, False), (T, T, 3, True)])
+def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory, reanchor):
     schedule = ddim_schedule(eta=1.0)
     noise = sample_noise(0, 2, T, LATENT)
     result = solve(adversarial_eps, schedule, noise, window_size=window, order=order, memory_size=memory,
-                   tol1=1e-10, tol2=0.0)
+                   tol1=1e-10, tol2=0.0, reanchor=reanchor)
     assert result.converged
     assert max(result.per_sample_iterations) <= T
     # The sequential sampler itself is chaotic here (rounding differences grow ~10x per step), so
