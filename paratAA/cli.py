@@ -1,6 +1,6 @@
 """Command-line flags shared by ``parallel_dit.py``, ``parallel_sd.py`` and ``parallel_sd_winit.py``.
 
-The flags and defaults follow the authors' reference scripts (ALGORITHM.md section 6), so their
+The flags and defaults follow the authors' reference ParaTAA scripts, so their
 commands work as written. User mistakes end the program with one line on stderr naming the flag
 and exit status 2, never a traceback: checks here raise ``UsageError``; ``user_errors`` turns the
 ``ValueError``s of model loading and of ``paratAA.solve`` into ``UsageError``; ``run_cli`` prints it.
