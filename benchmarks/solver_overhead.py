@@ -200,19 +200,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.latents, args.steps, args.windows, args.memories = [(4, 8, 8)], [10], [4], [2]
     configs = grid(args.latents, args.steps, args.windows, args.memories)
     start = time.perf_counter()
-    rows = []
-    for config in configs:
-        rows.append(_run_isolated(config, args.iters, args.device, args.threads))
-        print(f"  {config} solver {rows[-1]['solver_ms']:.1f} ms/iter", file=sys.stderr, flush=True)
-    report = dict(benchmark="solver_overhead", command=" ".join([Path(sys.executable).name, "-m",
-                                                                 "benchmarks.solver_overhead", *(argv or sys.argv[1:])]),
-                  machine=machine_info(args.device), seconds=time.perf_counter() - start,
+    report = dict(benchmark="solver_overhead", command=" ".join(["python -m benchmarks.solver_overhead",
+                                                                 *(argv or sys.argv[1:])]),
+                  machine=machine_info(args.device), seconds=0.0, complete=False,
                   network="0.1 * x (near free; solver_seconds excludes it)", order="= window",
-                  tolerances="tol1 = tol2 = 0 (window stays full)", rows=rows)
-    table = format_table(rows)
-    print(table)
+                  tolerances="tol1 = tol2 = 0 (window stays full)", rows=[])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for k, config in enumerate(configs):
+        report["rows"].append(_run_isolated(config, args.iters, args.device, args.threads))
+        report["seconds"] = time.perf_counter() - start
+        report["complete"] = k == len(configs) - 1
+        args.out.write_text(json.dumps(report, indent=2) + "\n")  # after every configuration: a long run can be cut
+        print(f"  {config} solver {report['rows'][-1]['solver_ms']:.1f} ms/iter", file=sys.stderr, flush=True)
+    print(format_table(report["rows"]))
     print(f"wrote {args.out}")
     return report
 
