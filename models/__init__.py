@@ -5,8 +5,24 @@
 Only this package imports diffusers and transformers; the ``paratAA`` library does not.
 """
 
-from .dit import DiTAdapter, load_dit
-from .loading import ModelLoadError
-from .sd import SDAdapter, load_sd
+import logging
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drop transformers' notice that its image processors fall back to PIL without torchvision.
+
+    This project deliberately installs no torchvision (it breaks these machines) and uses no image
+    processor; the notice would otherwise open every run's output, once per process.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
+
+from .dit import DiTAdapter, load_dit  # noqa: E402  (after the filter: importing them triggers the notice)
+from .loading import ModelLoadError  # noqa: E402
+from .sd import SDAdapter, load_sd  # noqa: E402
 
 __all__ = ["DiTAdapter", "ModelLoadError", "SDAdapter", "load_dit", "load_sd"]

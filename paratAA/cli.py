@@ -81,6 +81,16 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="a step has converged when its RMS residual <= tol1 ... (default: %(default)s)")
     solver.add_argument("--tol2", type=float, default=1e-3,
                         help="... or <= tol2 * the step's eta=1 noise std (default: %(default)s)")
+    solver.add_argument("--anderson_lambda", type=float, default=1e-3,
+                        help="regularisation lambda of the Anderson least squares, > 0 (default: %(default)s)")
+    solver.add_argument("--reanchor", action="store_true",
+                        help="extension, off by default: re-anchor the accelerated steps on the plain update of "
+                             "the highest unconverged step (removes the frontier's one-step lag after a jump; "
+                             "same solution; see paratAA.solve)")
+    solver.add_argument("--map_form", choices=("affine", "increment"), default="affine",
+                        help="form of the order-k equations: 'affine' is the paper's; 'increment' (a telescoping "
+                             "sum of step increments, same solution) needs markedly fewer iterations "
+                             "(see benchmarks/RESULTS.md) (default: %(default)s)")
     solver.add_argument("--max_steps", type=int, default=None,
                         help="cap, counted as in the reference scripts: at most N saved images per sample "
                              "including the initial one, i.e. at most N - 1 parallel iterations (N >= 2). "
@@ -134,6 +144,8 @@ def validate_common(args: argparse.Namespace) -> torch.device:
     for flag in ("tol1", "tol2"):
         value = getattr(args, flag)
         _require(math.isfinite(value) and value >= 0, f"--{flag} must be a finite number >= 0 (got {value})")
+    _require(math.isfinite(args.anderson_lambda) and args.anderson_lambda > 0,
+             f"--anderson_lambda must be a finite number > 0 (got {args.anderson_lambda})")
     _require(args.max_steps is None or args.max_steps >= 2,
              f"--max_steps counts saved images including the initial one, so it must be >= 2 (got {args.max_steps})")
     _require(bool(args.model_path.strip()), "--model_path must not be empty")
@@ -185,7 +197,8 @@ def max_iterations(max_steps: int | None) -> int | None:
 def solver_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``paratAA.solve`` given by the ParaTAA flags."""
     return dict(window_size=args.window_size, order=args.order, memory_size=args.memory_size,
-                tol1=args.tol1, tol2=args.tol2, max_iters=max_iterations(args.max_steps))
+                tol1=args.tol1, tol2=args.tol2, max_iters=max_iterations(args.max_steps),
+                anderson_lambda=args.anderson_lambda, reanchor=args.reanchor, map_form=args.map_form)
 
 
 def start(args: argparse.Namespace, load: Callable[[torch.device], Any],

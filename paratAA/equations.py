@@ -11,6 +11,16 @@ with ``A(i, j) = a[i] a[i+1] ... a[j]`` (``A(i, i-1) = 1``). The order-K map unr
 K steps: it has the same fixed point (the sequential trajectory) and propagates a correction K
 steps per iteration instead of one. ``K >= hi - lo`` anchors every unknown on ``x[hi]``.
 
+That is the paper's ("affine") form: it composes the linear part ``a`` exactly but holds the
+network term at the old iterate. ``increment_map`` is the other natural form with the same fixed
+point, a telescoping sum of the steps' increments (the Picard form ParaDiGMS uses):
+
+    increment:    F^K_i(X) = x[u] + sum_{p=i}^{u-1} (F_p(X) - x[p+1])
+
+It holds the whole step at the old iterate, i.e. it takes each step's total Jacobian
+``a + b d(out)/dx`` as the identity, which suits diffusion steps (they move x by little; ``a > 1``
+is largely cancelled by the network term) better than the affine form's ``a``.
+
 All functions are pure tensor maps over window-local arrays: index ``w = i - lo``.
 """
 
@@ -18,7 +28,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["first_order_residual", "order_k_map", "rms"]
+__all__ = ["MAP_FORMS", "first_order_residual", "increment_map", "order_k_map", "rms"]
+
+MAP_FORMS = ("affine", "increment")  # the two forms of the order-K equations (module docstring)
 
 # Above this spread of the partial products of ``a`` the prefix-sum form loses precision.
 _MAX_PRODUCT_SPREAD = 1e8
@@ -62,6 +74,23 @@ def order_k_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: 
     result[inner:] += sums[n]
     result[inner:].add_(x_above[n - 1], alpha=float(prefix[n]))
     return result.div_(_bcast(prefix[:n], g))
+
+
+def increment_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:
+    """The increment form of ``F^K_i(X)``: ``x[u] + sum_{p=i}^{u-1} ((a[p] - 1) x[p+1] + g[p])``.
+
+    Arguments as in ``order_k_map``; O(n) with one prefix sum. ``order=1`` gives the first-order map.
+    """
+    n = a.shape[0]
+    sums = g.new_zeros((n + 1,) + g.shape[1:])
+    torch.cumsum(torch.addcmul(g, _bcast(a - 1, x_above), x_above), 0, out=sums[1:])
+    result = torch.neg(sums[:n])
+    inner = max(n - order, 0)  # rows w < inner anchor on x[w + K] inside the window, the rest on x[hi]
+    result[:inner] += sums[order:n]
+    result[:inner] += x_above[order - 1:n - 1]
+    result[inner:] += sums[n]
+    result[inner:] += x_above[n - 1]
+    return result
 
 
 def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:

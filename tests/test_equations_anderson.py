@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from paratAA.anderson import TriangularAnderson
-from paratAA.equations import first_order_residual, order_k_map
+from paratAA.equations import first_order_residual, increment_map, order_k_map
 
 
 def brute_force_order_k(x_above, a, g, order):
@@ -31,6 +31,21 @@ def test_order_k_map_equals_brute_force(order, a_range):
     g = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
     expected = brute_force_order_k(x_above, a, g, order)
     torch.testing.assert_close(order_k_map(x_above, a, g, order), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 3, 17, 40])
+def test_increment_map_equals_the_telescoping_sum(order):
+    gen = torch.Generator().manual_seed(order)
+    n = 17
+    a = 1 + torch.rand(n, generator=gen, dtype=torch.float64)
+    x_above, g = (torch.randn(n, 3, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    expected = []
+    for w in range(n):
+        u = min(w + order, n)
+        expected.append(x_above[u - 1] + sum((a[p] - 1) * x_above[p] + g[p] for p in range(w, u)))
+    torch.testing.assert_close(increment_map(x_above, a, g, order), torch.stack(expected), rtol=1e-12, atol=1e-12)
+    if order == 1:  # order 1: both forms are the first-order map
+        torch.testing.assert_close(increment_map(x_above, a, g, 1), order_k_map(x_above, a, g, 1))
 
 
 def test_order_one_map_is_the_first_order_residual_plus_x():

@@ -62,13 +62,14 @@ def test_converged_solve_equals_sequential_and_diffusers(eta, window, order, mem
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-@pytest.mark.parametrize("window, order, memory", [(T, T, 2), (T, T, 4), (11, 4, 3), (7, 7, 2)])
-def test_reanchored_taa_converges_to_sequential(eta, window, order, memory):
+@pytest.mark.parametrize("map_form, reanchor", [("affine", True), ("increment", False), ("increment", True)])
+@pytest.mark.parametrize("window, order, memory", [(T, T, 1), (T, T, 2), (T, T, 4), (11, 4, 3), (7, 7, 2)])
+def test_variants_converge_to_sequential(eta, map_form, reanchor, window, order, memory):
     schedule = ddim_schedule(eta=eta)
     eps_fn = mixture_eps(schedule)
     noise = sample_noise(8, 2, T, LATENT)
-    result = solve(eps_fn, schedule, noise, window_size=window, order=order, memory_size=memory, reanchor=True,
-                   **TIGHT)
+    result = solve(eps_fn, schedule, noise, window_size=window, order=order, memory_size=memory, reanchor=reanchor,
+                   map_form=map_form, **TIGHT)
     assert result.converged and result.iterations <= T
     assert (result.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
 
@@ -138,13 +139,14 @@ def adversarial_eps(x: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor)
     return 2.0 * torch.sin(40.0 * x + phase) * torch.cos(15.0 * x.roll(1, dims=-1))
 
 
-@pytest.mark.parametrize("window, order, memory, reanchor", [
-    (T, T, 2, False), (T, T, 5, False), (10, 10, 3, False), (T, 1, 1, False), (T, 5, 4, False), (T, T, 3, True)])
-def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory, reanchor):
+@pytest.mark.parametrize("window, order, memory, variant", [
+    (T, T, 2, {}), (T, T, 5, {}), (10, 10, 3, {}), (T, 1, 1, {}), (T, 5, 4, {}), (T, T, 3, dict(reanchor=True)),
+    (T, T, 3, dict(map_form="increment", reanchor=True)), (9, 4, 2, dict(map_form="increment"))])
+def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory, variant):
     schedule = ddim_schedule(eta=1.0)
     noise = sample_noise(0, 2, T, LATENT)
     result = solve(adversarial_eps, schedule, noise, window_size=window, order=order, memory_size=memory,
-                   tol1=1e-10, tol2=0.0, reanchor=reanchor)
+                   tol1=1e-10, tol2=0.0, **variant)
     assert result.converged
     assert max(result.per_sample_iterations) <= T
     # The sequential sampler itself is chaotic here (rounding differences grow ~10x per step), so
@@ -264,6 +266,7 @@ def test_nan_from_the_network_stops_the_solve():
     (dict(init_trajectory=torch.zeros(1, T + 1, *LATENT), variation_steps=T + 1), "variation_steps"),
     (dict(init_trajectory=torch.zeros(1, T + 1, *LATENT), variation_steps=0), "variation_steps"),
     (dict(noise=torch.zeros(1, T, *LATENT)), "noise"),
+    (dict(map_form="picard"), "map_form"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     schedule = ddim_schedule()
