@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from typing import Any
 
 __all__ = ["LOAD_ERRORS", "ModelLoadError", "first_line", "load_pretrained", "resolve_location"]
@@ -86,7 +87,11 @@ def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str
     """
     tried = "local directory" if kind == "local" else "hub repo id (HF_HUB_OFFLINE / local cache honoured)"
     try:
-        return cls.from_pretrained(location, **kwargs)
+        with warnings.catch_warnings():
+            # Recent diffusers rename torch_dtype to dtype; older versions, which pyproject allows,
+            # know only torch_dtype. Keep it, without a deprecation notice on every run.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return cls.from_pretrained(location, **kwargs)
     except LOAD_ERRORS as exc:
         raise ModelLoadError(
             f"{argument}: could not load a {what} from '{location}' as a {tried}: {first_line(exc)}") from exc
