@@ -12,6 +12,8 @@ Methods (``order`` K, ``memory`` m of ``paratAA.solve``; tolerances ``--tol`` fo
 
 - ``sequential``: ``paratAA.sequential`` (T network calls of batch B).
 - ``FP``: K = 1, m = 1.  ``FP+``: K = window, m = 1.  ``ParaTAA m{m} K{K}``: m in {2, 3}, a few K.
+- ``ParaTAA-inc ...``: the same with the order-K equations in increment form (``map_form="increment"``),
+  also at a tenth and a hundredth of the tolerance (``tol/10``, ``tol/100``).
 - ``ParaDiGMS tol={t}``: ``paratAA.paradigms.solve_paradigms`` at diffusers' default tolerance 0.1
   and at ``--tol``; for SD-shaped problems also ``diffusers ParaDiGMS tol={t}``, diffusers'
   ``StableDiffusionParadigmsPipeline`` itself (one sample at a time, as the noise contract needs).
@@ -153,6 +155,16 @@ def method_grid(window: int, tol: float, with_diffusers: bool) -> list[dict[str,
     for memory in (2, 3):
         for order in sorted({min(20, window), window}):
             methods.append(dict(name=f"ParaTAA m{memory} K{order}", kind="solve", order=order, memory=memory))
+    # The increment form of the order-K equations (paratAA.equations; same solution), at --tol and at
+    # --tol / 10 and / 100: ParaDiGMS' tolerance is relative to the noise std, ours absolute, so equal
+    # tolerances do not mean equal distance from the sequential sample; the tighter runs show the
+    # iterations at the distance ParaDiGMS reaches.
+    for memory in (2, 3):
+        methods.append(dict(name=f"ParaTAA-inc m{memory} K{window}", kind="solve", order=window, memory=memory,
+                            map_form="increment"))
+    for scale in (10, 100):
+        methods.append(dict(name=f"ParaTAA-inc m3 K{window} tol/{scale}", kind="solve", order=window, memory=3,
+                            map_form="increment", tol_scale=1 / scale))
     for tolerance in sorted({DIFFUSERS_DEFAULT_TOLERANCE, tol}, reverse=True):
         methods.append(dict(name=f"ParaDiGMS tol={tolerance:g}", kind="paradigms", tolerance=tolerance))
         if with_diffusers:
@@ -167,8 +179,9 @@ def run_method(method: dict[str, Any], problem: Problem, sampler: str, schedule:
     from paratAA.paradigms import solve_paradigms
 
     if method["kind"] == "solve":
+        tol = args.tol * method.get("tol_scale", 1.0)
         result = solve(eps_fn, schedule, noise, window_size=window, order=method["order"],
-                       memory_size=method["memory"], tol1=args.tol, tol2=args.tol)
+                       memory_size=method["memory"], tol1=tol, tol2=tol, map_form=method.get("map_form", "affine"))
     elif method["kind"] == "paradigms":
         result = solve_paradigms(eps_fn, schedule, noise, window_size=window, tolerance=method["tolerance"])
     else:

@@ -36,6 +36,10 @@ def _pyplot():
         raise SystemExit("benchmarks.plots needs matplotlib: pip install -e '.[bench]' -c constraints.txt") from error
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
+
+    # More methods than a 10-colour cycle: vary colour and line style together so no two curves match.
+    plt.rcParams["axes.prop_cycle"] = (cycler(linestyle=["-", "--"]) * cycler(color=plt.get_cmap("tab10").colors))
 
     return plt
 
