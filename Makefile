@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine (see README.md):
 #   make demo   install into .venv if needed, then run ParaTAA on a tiny DiT on the CPU
-#   make test   install into .venv if needed, then run the test suite
+#   make test   install into .venv if needed, then run the test suite (the metrics extra included: its tests need it)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,metrics]"
 	touch $@
 
 demo: install
