@@ -44,8 +44,8 @@ import torch
 
 from paratAA.equations import first_order_residual, rms
 from paratAA.schedule import Schedule
-from paratAA.solver import (EpsFn, IterationRecord, SolveResult, _checked_output, _is_int, _synchronize,
-                            _validate_noise)
+from paratAA.solver import EpsFn, IterationRecord, SolveResult
+from paratAA.validation import checked_output, is_int, synchronize, validate_noise
 
 __all__ = ["solve_paradigms", "DEFAULT_TOLERANCE"]
 
@@ -110,12 +110,12 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
             rows_sample.append(torch.full((hi - lo,), b, dtype=torch.long, device=device))
         x_in = torch.cat(rows_x)
         steps = torch.cat(rows_step)
-        _synchronize(device)
+        synchronize(device)
         tock = time.perf_counter()
         out = eps_fn(x_in, steps, torch.cat(rows_sample))
-        _synchronize(device)
+        synchronize(device)
         network_seconds = time.perf_counter() - tock
-        out = _checked_output(out, x_in, iteration)
+        out = checked_output(out, x_in, iteration)
 
         max_residual: list[float | None] = [None] * batch
         offset = 0
@@ -142,7 +142,7 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
 
         # Each sample's current estimate: its lowest initialised latent (x[0] once reached).
         x0 = torch.stack([trajectory[b, max(h - window_size, 0)] for b, h in enumerate(frontier)])
-        _synchronize(device)
+        synchronize(device)
         record = IterationRecord(
             iteration=iteration, windows=windows, evaluations=int(steps.shape[0]),
             max_residual=max_residual, frontier=list(frontier), network_seconds=network_seconds,
@@ -177,12 +177,12 @@ def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, l
 
 def _check_arguments(schedule: Schedule, noise: torch.Tensor, window_size: int, tolerance: float,
                      max_iters: int | None) -> None:
-    _validate_noise(schedule, noise)
-    if not _is_int(window_size) or window_size < 1:
+    validate_noise(schedule, noise)
+    if not is_int(window_size) or window_size < 1:
         raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
     if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    if max_iters is not None and (not _is_int(max_iters) or max_iters < 1):
+    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
         raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
 
 

@@ -31,6 +31,7 @@ import torch
 from paratAA.anderson import TriangularAnderson
 from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
 from paratAA.schedule import Schedule
+from paratAA.validation import NonFiniteError, checked_output, is_int, synchronize, validate_noise
 from paratAA.window import SlidingWindow
 
 __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "SolveResult", "Solver", "solve", "sequential"]
@@ -42,10 +43,6 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 timestep is ``schedule.timesteps[i]``); ``samples``: int64 ``(n,)``, the sample of the batch each
 row belongs to (for per-sample conditioning). Returns ``(n, *latent)`` in any float dtype.
 """
-
-
-class NonFiniteError(RuntimeError):
-    """The network returned NaN or inf; the solve stops instead of returning garbage."""
 
 
 @dataclass
@@ -256,18 +253,18 @@ class Solver:
             owners.append(torch.full_like(sample_steps, k))
         x = torch.cat(inputs)
 
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         out = self.eps_fn(x, torch.cat(steps), torch.cat(owners))
-        _synchronize(device)
+        synchronize(device)
         network_seconds = time.perf_counter() - start
 
-        out = _checked_output(out, x, iteration=len(self.records) + 1)
+        out = checked_output(out, x, iteration=len(self.records) + 1)
         residuals: list[float | None] = [None] * len(self._samples)
         for k, chunk in zip(active, out.split([len(s) for s in steps])):
             residuals[k] = self._samples[k].update(chunk)
         x0 = torch.stack([sample.estimate() for sample in self._samples])
-        _synchronize(device)
+        synchronize(device)
         return IterationRecord(
             iteration=len(self.records) + 1, windows=windows, evaluations=x.shape[0], max_residual=residuals,
             frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
@@ -333,7 +330,7 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
     Returns:
         float64 ``(B, T+1, *latent)`` trajectory; ``[:, 0]`` are the samples.
     """
-    _validate_noise(schedule, noise)
+    validate_noise(schedule, noise)
     schedule = schedule.to(noise.device)
     noise = noise.to(torch.float64)
     num_steps, batch = schedule.num_steps, noise.shape[0]
@@ -342,7 +339,7 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
     samples = torch.arange(batch, device=noise.device)
     for i in reversed(range(num_steps)):
         inputs = x[:, i + 1].clone()
-        out = _checked_output(eps_fn(inputs, torch.full_like(samples, i), samples), inputs, iteration=num_steps - i)
+        out = checked_output(eps_fn(inputs, torch.full_like(samples, i), samples), inputs, iteration=num_steps - i)
         x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i])
     return x
 
@@ -351,51 +348,21 @@ def _per_step(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (like.dim() - 1))
 
 
-def _checked_output(out: torch.Tensor, x: torch.Tensor, iteration: int) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"eps_fn returned {got}, expected a tensor of shape {tuple(x.shape)}")
-    out = out.to(device=x.device, dtype=torch.float64)
-    if not bool(torch.isfinite(out).all()):
-        raise NonFiniteError(f"the network returned NaN or inf at iteration {iteration}; stopping the solve")
-    return out
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _validate_noise(schedule: Schedule, noise: torch.Tensor) -> None:
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be a paratAA.Schedule, got {type(schedule).__name__}")
-    expected = schedule.num_steps + 1
-    if not isinstance(noise, torch.Tensor) or noise.dim() < 3 or noise.shape[1] != expected:
-        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
-        raise ValueError(f"noise must have shape (B, T+1={expected}, *latent), got {got}")
-    if not noise.is_floating_point() or not bool(torch.isfinite(noise).all()):
-        raise ValueError("noise must be a finite floating-point tensor")
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
               init_trajectory, variation_steps, anderson_lambda) -> None:
-    _validate_noise(schedule, noise)
-    if not _is_int(window_size) or window_size < 1:
+    validate_noise(schedule, noise)
+    if not is_int(window_size) or window_size < 1:
         raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
-    if not _is_int(order) or order < 1:
+    if not is_int(order) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
     if order > window_size:
         raise ValueError(f"order ({order}) must not exceed window_size ({window_size})")
-    if not _is_int(memory_size) or memory_size < 1:
+    if not is_int(memory_size) or memory_size < 1:
         raise ValueError(f"memory_size must be an integer >= 1, got {memory_size!r}")
     for name, value in (("tol1", tol1), ("tol2", tol2)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if max_iters is not None and (not _is_int(max_iters) or max_iters < 1):
+    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
         raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
     if not isinstance(anderson_lambda, (int, float)) or not math.isfinite(anderson_lambda) or anderson_lambda <= 0:
         raise ValueError(f"anderson_lambda must be a finite number > 0, got {anderson_lambda!r}")
@@ -408,5 +375,5 @@ def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_
         raise ValueError(f"init_trajectory must have the shape of noise {tuple(noise.shape)}, got {got}")
     if not bool(torch.isfinite(init_trajectory).all()):
         raise ValueError("init_trajectory must be finite")
-    if variation_steps is not None and (not _is_int(variation_steps) or not 1 <= variation_steps <= schedule.num_steps):
+    if variation_steps is not None and (not is_int(variation_steps) or not 1 <= variation_steps <= schedule.num_steps):
         raise ValueError(f"variation_steps must be an integer in [1, T={schedule.num_steps}], got {variation_steps!r}")
