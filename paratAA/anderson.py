@@ -65,14 +65,16 @@ class TriangularAnderson:
             residual: ``(n, *latent)`` their order-K residuals ``R``.
             plain_from: window-local index of the highest unconverged step (the safeguard): steps
                 at or above it take the plain update ``x + R``. ``n`` or more: accelerate every step.
-            reanchor_a: ``(n,)`` step coefficients ``a`` of the window, to re-anchor the accelerated
-                steps on the plain update of step ``i* = plain_from`` (an extension, off when None).
-                With full order, ``G_i = x_i + R_i`` splits into the steps ``i..i*-1`` plus
-                ``A(i, i*-1) G_{i*}``; step ``i*`` takes no correction, so the part
-                ``A(i, i*-1) (dX_{i*} + dR_{i*}) gamma_i`` is removed from step ``i``'s correction.
-                Otherwise the steps just below ``i*`` are corrected for a move of ``x[i*]`` that does
-                not happen, and the next iteration is spent re-converging them (a one-step lag of the
-                frontier). Only the iterates change, never the solution.
+            reanchor_a: ``(n,)`` per-step factors to re-anchor the accelerated steps on the plain
+                update of step ``i* = plain_from`` (an extension, off when None): the coefficients
+                ``a`` for the paper's (affine) order-K map, ones for the increment form. With full
+                order, ``G_i = x_i + R_i`` splits into the steps ``i..i*-1`` plus ``C(i) G_{i*}``,
+                ``C(i)`` the product of the factors of steps ``i..i*-1`` (``A(i, i*-1)`` or 1); step
+                ``i*`` takes no correction, so ``C(i) (dX_{i*} + dR_{i*}) gamma_i`` is removed from
+                step ``i``'s correction. Otherwise the steps just below ``i*`` are corrected for a
+                move of ``x[i*]`` that does not happen, and the next iteration is spent
+                re-converging them (a one-step lag of the frontier). Only the iterates change,
+                never the solution.
 
         Returns:
             ``(n, *latent)`` updated iterates.
@@ -102,7 +104,7 @@ class TriangularAnderson:
         correction = torch.bmm(gamma, dx).add_(torch.bmm(gamma, dr))  # (n, 1, latent size)
         if reanchor_a is not None and 0 < plain_from < x.shape[0]:
             top = plain_from
-            carried = reanchor_a[:top].flip(0).cumprod(0).flip(0)  # A(i, i*-1) for i < i*
+            carried = reanchor_a[:top].flip(0).cumprod(0).flip(0)  # C(i) for i < i*
             inherited = torch.bmm(gamma[:top], (dx[top] + dr[top]).expand(top, -1, -1))
             correction[:top].sub_(inherited * carried.view(-1, 1, 1))
         return (x + residual).sub_(correction.view_as(x))
