@@ -28,12 +28,23 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MAP_FORMS", "first_order_residual", "increment_map", "order_k_map", "rms"]
+__all__ = ["MAP_FORMS", "first_order_residual", "increment_map", "order_k_map", "rms", "step_offset"]
 
 MAP_FORMS = ("affine", "increment")  # the two forms of the order-K equations (module docstring)
 
 # Above this spread of the partial products of ``a`` the prefix-sum form loses precision.
 _MAX_PRODUCT_SPREAD = 1e8
+
+
+def step_offset(b: torch.Tensor, c: torch.Tensor, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``g[p] = b[p] * out_p + c[p] * z[p]``: the part of each window step not proportional to x[p+1].
+
+    Args:
+        b, c: ``(n,)`` coefficients of the window steps.
+        out: ``(n, *latent)`` network outputs, evaluated at ``x[lo+1..hi]``.
+        z: ``(n, *latent)`` the steps' noise.
+    """
+    return (out * _bcast(b, out)).addcmul_(_bcast(c, out), z)
 
 
 def first_order_residual(x_window: torch.Tensor, x_above: torch.Tensor, a: torch.Tensor,

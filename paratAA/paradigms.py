@@ -42,7 +42,7 @@ from typing import Callable
 
 import torch
 
-from paratAA.equations import first_order_residual, rms
+from paratAA.equations import first_order_residual, increment_map, rms, step_offset
 from paratAA.schedule import Schedule
 from paratAA.solver import EpsFn, IterationRecord, SolveResult
 from paratAA.validation import checked_output, is_int, synchronize, validate_noise
@@ -125,12 +125,12 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
             lo, hi = window
             n = hi - lo
             x_above = x_in[offset:offset + n]  # x[lo+1..hi]: the inputs of the window's steps
-            g = _per_step(sched.b[lo:hi], x_above) * out[offset:offset + n] \
-                + _per_step(sched.c[lo:hi], x_above) * noise[b, lo:hi]
+            g = step_offset(sched.b[lo:hi], sched.c[lo:hi], out[offset:offset + n], noise[b, lo:hi])
             offset += n
             old = trajectory[b, lo:hi]
             max_residual[b] = float(rms(first_order_residual(old, x_above, sched.a[lo:hi], g)).max())
-            new = _picard_update(trajectory[b, hi], x_above, sched.a[lo:hi], g)
+            # Picard: x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1]), the full-order increment map.
+            new = increment_map(x_above, sched.a[lo:hi], g, n)
             error = (new - old).flatten(1).pow(2).mean(1)
             frontier[b] = _next_frontier(error, error_bound[lo:hi], window_size, lo, hi)
             trajectory[b, lo:hi] = new
@@ -157,13 +157,6 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
         converged=not any(frontier), seconds=time.perf_counter() - start, records=records)
 
 
-def _picard_update(x_top: torch.Tensor, x_above: torch.Tensor, a: torch.Tensor,
-                   g: torch.Tensor) -> torch.Tensor:
-    """``x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1])`` for the window ``p = lo..hi-1``."""
-    drift = _per_step(a - 1.0, x_above) * x_above + g
-    return x_top + drift.flip(0).cumsum(0).flip(0)
-
-
 def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, lo: int, hi: int) -> int:
     """The stride rule: the highest ``x[p]`` whose change exceeds its bound becomes the frontier.
 
@@ -184,7 +177,3 @@ def _check_arguments(schedule: Schedule, noise: torch.Tensor, window_size: int, 
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
     if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
         raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
-
-
-def _per_step(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape + (1,) * (like.dim() - 1))

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import torch
 
 from paratAA.anderson import TriangularAnderson
-from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
+from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms, step_offset
 from paratAA.schedule import Schedule
 from paratAA.validation import NonFiniteError, checked_output, is_int, synchronize, validate_noise
 from paratAA.window import SlidingWindow
@@ -144,7 +144,7 @@ class _SampleSolver:
         s, cfg = self.schedule, self.settings
         x_window, x_above = self.x[lo:hi], self.x[lo + 1:hi + 1]
         a = s.a[lo:hi]
-        g = (out * _per_step(s.b[lo:hi], out)).addcmul_(_per_step(s.c[lo:hi], out), self.z[lo:hi])
+        g = step_offset(s.b[lo:hi], s.c[lo:hi], out, self.z[lo:hi])
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
         converged = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
@@ -342,10 +342,6 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
         out = checked_output(eps_fn(inputs, torch.full_like(samples, i), samples), inputs, iteration=num_steps - i)
         x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i])
     return x
-
-
-def _per_step(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape + (1,) * (like.dim() - 1))
 
 
 def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
