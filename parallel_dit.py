@@ -18,7 +18,7 @@ import torch
 from models import ModelLoadError, load_dit
 from models.dit import DEFAULT_DIT, GUIDANCE_RULES
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, run_cli,
-                         solver_options, start)
+                         resolved_settings, solver_options, start)
 from paratAA.distributed import shard_eps_fn
 from paratAA.noise import sample_noise
 from paratAA.runs import create_run_dir, print_report, run_solve, write_config
@@ -82,10 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_dir = create_run_dir(args.output_path, f"DiT-T{args.timesteps}-w{args.window_size}-o{args.order}"
                                                    f"-m{args.memory_size}-seed{args.seed}")
         write_config(run_dir, "parallel_dit.py", vars(args),
-                     {"model_id": adapter.model_id, "num_samples": len(labels), "class_labels": labels,
-                      "max_iterations": options["max_iters"], "device": str(context.device),
-                      "dtype": str(adapter.dtype), "num_classes": adapter.num_classes,
-                      "timesteps": schedule.timesteps.tolist()},
+                     {**resolved_settings(adapter, context, schedule, options), "num_samples": len(labels),
+                      "class_labels": labels, "num_classes": adapter.num_classes},
                      context.num_processes)
 
     def sequential_fn() -> torch.Tensor:

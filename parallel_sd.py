@@ -18,7 +18,7 @@ import torch
 from models import ModelLoadError, load_sd
 from models.sd import DEFAULT_SD
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, require_prompt, run_cli,
-                         solver_options, start)
+                         resolved_settings, solver_options, start)
 from paratAA.distributed import shard_eps_fn
 from paratAA.noise import sample_noise
 from paratAA.runs import create_run_dir, print_report, run_solve, write_config
@@ -54,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_dir = create_run_dir(args.output_path, f"SD-T{args.timesteps}-w{args.window_size}-o{args.order}"
                                                    f"-m{args.memory_size}-seed{args.seed}")
         write_config(run_dir, "parallel_sd.py", vars(args),
-                     {"model_id": adapter.model_id, "max_iterations": options["max_iters"],
-                      "device": str(context.device), "dtype": str(adapter.dtype),
-                      "timesteps": schedule.timesteps.tolist()},
+                     resolved_settings(adapter, context, schedule, options),
                      context.num_processes)
 
     def sequential_fn() -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Sequence
 from models import ModelLoadError, load_sd
 from models.sd import DEFAULT_SD
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, require_prompt,
-                         run_cli, solver_options, start)
+                         run_cli, resolved_settings, solver_options, start)
 from paratAA.distributed import shard_eps_fn
 from paratAA.noise import sample_noise
 from paratAA.runs import create_run_dir, run_solve, summary_lines, write_config, write_json
@@ -70,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                    f"-w{args.window_size}-o{args.order}-m{args.memory_size}"
                                                    f"-seed{args.seed}")
         write_config(run_dir, "parallel_sd_winit.py", vars(args),
-                     {"model_id": adapter.model_id, "max_iterations": options["max_iters"],
-                      "device": str(context.device), "dtype": str(adapter.dtype),
-                      "timesteps": schedule.timesteps.tolist()},
+                     resolved_settings(adapter, context, schedule, options),
                      context.num_processes)
 
     def phase(name: str, prompt: str, start_from=None, save_steps: bool = True, check: bool = False):

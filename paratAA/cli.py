@@ -201,6 +201,20 @@ def solver_options(args: argparse.Namespace) -> dict[str, Any]:
                 anderson_lambda=args.anderson_lambda, reanchor=args.reanchor, map_form=args.map_form)
 
 
+def resolved_settings(adapter: Any, context: ProcessContext, schedule: Schedule,
+                      options: dict[str, Any]) -> dict[str, Any]:
+    """What every script's run resolved to, for ``config.json``'s ``resolved`` section.
+
+    Args:
+        adapter: the model adapter (``model_id``, ``dtype``).
+        context: the process context (device).
+        schedule: the DDIM schedule (its timesteps).
+        options: ``solver_options(args)`` (the iteration cap).
+    """
+    return {"model_id": adapter.model_id, "max_iterations": options["max_iters"], "device": str(context.device),
+            "dtype": str(adapter.dtype), "timesteps": schedule.timesteps.tolist()}
+
+
 def start(args: argparse.Namespace, load: Callable[[torch.device], Any],
           load_error: type[Exception]) -> tuple[ProcessContext, Any, Schedule]:
     """Validate the shared flags, join the process group, load the model, build the schedule.
