@@ -99,7 +99,10 @@ class Schedule:
 
         Raises:
             ScheduleError: sample clipping, thresholding, a learned variance, an unknown prediction
-                type or scheduler, ``set_timesteps`` not called, or ``eta`` out of range.
+                type or scheduler, ``set_timesteps`` not called, ``eta`` out of range, or a step count
+                whose timesteps leave the training range (SD's leading spacing with ``steps_offset=1``
+                at T = num_train_timesteps reaches timestep 1000 of 0..999; diffusers' ``step``
+                fails there too).
         """
         kind = type(scheduler).__name__
         if kind not in ("DDIMScheduler", "DDPMScheduler"):
@@ -114,6 +117,7 @@ class Schedule:
 
         timesteps = scheduler.timesteps.flip(0).to(torch.int64)  # increasing: step i uses timesteps[i]
         abar_all = scheduler.alphas_cumprod.to(torch.float64)
+        _check_timestep_range(scheduler, timesteps, abar_all.shape[0])
         abar = abar_all[timesteps]
         if kind == "DDIMScheduler":
             abar_prev = _ddim_previous_alpha(scheduler, timesteps, abar_all)
@@ -144,6 +148,17 @@ def _check_affine_config(scheduler: Any) -> None:
     if type(scheduler).__name__ == "DDPMScheduler" and variance not in _DDPM_FIXED_VARIANCES:
         raise ScheduleError(
             f"scheduler: DDPM variance_type {variance!r} is not supported; use one of {_DDPM_FIXED_VARIANCES}")
+
+
+def _check_timestep_range(scheduler: Any, timesteps: torch.Tensor, num_train: int) -> None:
+    """ScheduleError unless every timestep indexes ``alphas_cumprod`` (``step()`` itself would fail)."""
+    outside = timesteps[(timesteps < 0) | (timesteps >= num_train)]
+    if outside.numel():
+        config = scheduler.config
+        raise ScheduleError(
+            f"{scheduler.num_inference_steps} steps reach timestep {int(outside[0])}, outside the scheduler's "
+            f"training timesteps 0..{num_train - 1} ({config.timestep_spacing} spacing, steps_offset="
+            f"{config.steps_offset}; diffusers' own step() fails there too): use fewer steps")
 
 
 def _ddim_previous_alpha(scheduler: Any, timesteps: torch.Tensor, abar_all: torch.Tensor) -> torch.Tensor:
