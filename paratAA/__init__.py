@@ -4,12 +4,35 @@ Tang, Tang, Luo, Wang, Chang, "Accelerating Parallel Sampling of Diffusion Model
 The sampler's whole trajectory is solved as a triangular system of nonlinear equations by
 fixed-point iteration, one batched network call per iteration; converged, the result is the
 sequential sampler's. Index convention: ``paratAA.schedule``; the method: ``paratAA.solver``.
+
+The names below are imported on first use, so that ``import paratAA.cli`` (the entry scripts'
+argument parsing, ``--help``) does not pay for importing torch.
 """
 
-from paratAA.noise import sample_noise
-from paratAA.schedule import Schedule, ScheduleError
-from paratAA.solver import EpsFn, IterationRecord, NonFiniteError, SolveResult, Solver, sequential, solve
+from __future__ import annotations
 
-__all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "Schedule", "ScheduleError", "SolveResult", "Solver",
-           "sample_noise", "sequential", "solve"]
+from importlib import import_module
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "EpsFn": "paratAA.solver", "IterationRecord": "paratAA.solver", "SolveResult": "paratAA.solver",
+    "Solver": "paratAA.solver", "sequential": "paratAA.solver", "solve": "paratAA.solver",
+    "NonFiniteError": "paratAA.errors", "Schedule": "paratAA.schedule", "ScheduleError": "paratAA.schedule",
+    "sample_noise": "paratAA.noise",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'paratAA' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_noise"]
+from paratAA.validation import is_int, require_int
+
+__all__ = ["MAX_SEED", "largest_seed", "sample_noise"]
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+def largest_seed(num_samples: int) -> int:
+    """The largest ``seed`` for which every sample's seed ``seed + k`` (k < num_samples) fits a generator."""
+    return MAX_SEED - (num_samples - 1)
 
 
 def sample_noise(seed: int, num_samples: int, num_steps: int, latent_shape: tuple[int, ...],
@@ -27,8 +36,17 @@ def sample_noise(seed: int, num_samples: int, num_steps: int, latent_shape: tupl
 
     Returns:
         float64 ``(B, T+1, *latent_shape)``: ``[:, T]`` is ``x[T]``, ``[:, i]`` is ``z[i]``.
+
+    Raises:
+        ValueError: an argument out of range (named), e.g. a seed whose ``seed + k`` exceeds 64 bits.
     """
-    noise = torch.empty((num_samples, num_steps + 1, *latent_shape), dtype=torch.float64)
+    require_int("num_samples", num_samples)
+    require_int("num_steps", num_steps)
+    require_int("seed", seed, 0, largest_seed(num_samples))
+    if not isinstance(latent_shape, (tuple, list)) or not all(is_int(n) and n >= 1 for n in latent_shape):
+        raise ValueError(f"latent_shape must be a tuple of integers >= 1, got {latent_shape!r}")
+    seed, num_samples, num_steps = int(seed), int(num_samples), int(num_steps)
+    noise = torch.empty((num_samples, num_steps + 1, *map(int, latent_shape)), dtype=torch.float64)
     for k in range(num_samples):
         generator = torch.Generator("cpu").manual_seed(seed + k)
         for j in range(num_steps, -1, -1):

@@ -35,7 +35,6 @@ the result is close to, not equal to, the sequential sample; smaller tolerances 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Callable
@@ -45,7 +44,7 @@ import torch
 from paratAA.equations import first_order_residual, increment_map, rms, step_offset
 from paratAA.schedule import Schedule
 from paratAA.solver import EpsFn, IterationRecord, SolveResult
-from paratAA.validation import checked_output, is_int, synchronize, validate_noise
+from paratAA.validation import check_callable, checked_output, require_int, require_real, synchronize, validate_noise
 
 __all__ = ["solve_paradigms", "DEFAULT_TOLERANCE"]
 
@@ -79,10 +78,10 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
         ValueError: an argument out of range or a shape mismatch (the message names it).
         paratAA.NonFiniteError: the network returned NaN or inf.
     """
-    _check_arguments(schedule, noise, window_size, tolerance, max_iters)
+    _check_arguments(eps_fn, schedule, noise, window_size, tolerance, max_iters)
     num_steps = schedule.num_steps
     start = time.perf_counter()
-    window_size = min(window_size, num_steps)
+    window_size = int(min(window_size, num_steps))
     device = noise.device
     sched = schedule.to(device)
     batch = noise.shape[0]
@@ -168,12 +167,11 @@ def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, l
     return max(hi - min(first + 1, window_size), 0)
 
 
-def _check_arguments(schedule: Schedule, noise: torch.Tensor, window_size: int, tolerance: float,
+def _check_arguments(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, window_size: int, tolerance: float,
                      max_iters: int | None) -> None:
     validate_noise(schedule, noise)
-    if not is_int(window_size) or window_size < 1:
-        raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
-    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
-        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
-    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
-        raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
+    check_callable("eps_fn", eps_fn)
+    require_int("window_size", window_size)
+    require_real("tolerance", tolerance)
+    if max_iters is not None:
+        require_int("max_iters", max_iters)

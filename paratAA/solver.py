@@ -21,7 +21,6 @@ than ``T`` iterations, the cost of sequential sampling. All solver state is floa
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
@@ -30,8 +29,10 @@ import torch
 
 from paratAA.anderson import TriangularAnderson
 from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms, step_offset
+from paratAA.memory import check_solve_fits
 from paratAA.schedule import Schedule
-from paratAA.validation import NonFiniteError, checked_output, is_int, synchronize, validate_noise
+from paratAA.validation import (NonFiniteError, check_callable, check_finite_state, checked_output,
+                                require_bool, require_int, require_real, synchronize, validate_noise)
 from paratAA.window import SlidingWindow
 
 __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "SolveResult", "Solver", "solve", "sequential"]
@@ -159,6 +160,7 @@ class _SampleSolver:
             new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged, reanchor_a=carried)
         else:
             new = x_window + residual
+        check_finite_state(self.iterations + 1, new, rho)
         self.x[lo:hi] = new
 
         self.iterations += 1
@@ -192,21 +194,24 @@ class Solver:
                  anderson_lambda: float = 1e-3, reanchor: bool = False, map_form: str = "affine"):
         _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
                   init_trajectory, variation_steps, anderson_lambda)
+        check_callable("eps_fn", eps_fn)
+        require_bool("reanchor", reanchor)
         if map_form not in MAP_FORMS:
             raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
+        check_solve_fits(noise, window_size, memory_size, warm_start=init_trajectory is not None)
         num_steps = schedule.num_steps
         self.eps_fn = eps_fn
         self.schedule = schedule.to(noise.device)
         self.noise = noise.to(torch.float64)
         self.max_iters = max_iters
-        settings = _Settings(min(window_size, num_steps), order, memory_size, float(tol1), float(tol2),
-                             float(anderson_lambda), bool(reanchor), map_form)
+        settings = _Settings(int(min(window_size, num_steps)), int(order), int(memory_size), float(tol1),
+                             float(tol2), float(anderson_lambda), bool(reanchor), map_form)
         if init_trajectory is None:
             self.trajectory = torch.zeros_like(self.noise)
             frontier, initialized_from = num_steps, num_steps
         else:
             self.trajectory = init_trajectory.to(device=noise.device, dtype=torch.float64).clone()
-            frontier, initialized_from = (num_steps if variation_steps is None else variation_steps), 0
+            frontier, initialized_from = (num_steps if variation_steps is None else int(variation_steps)), 0
         self.trajectory[:, num_steps] = self.noise[:, num_steps]
         self._samples = [_SampleSolver(self.trajectory[k], self.noise[k], self.schedule, settings,
                                        frontier, initialized_from)
@@ -331,6 +336,7 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
         float64 ``(B, T+1, *latent)`` trajectory; ``[:, 0]`` are the samples.
     """
     validate_noise(schedule, noise)
+    check_callable("eps_fn", eps_fn)
     schedule = schedule.to(noise.device)
     noise = noise.to(torch.float64)
     num_steps, batch = schedule.num_steps, noise.shape[0]
@@ -347,21 +353,16 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
 def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
               init_trajectory, variation_steps, anderson_lambda) -> None:
     validate_noise(schedule, noise)
-    if not is_int(window_size) or window_size < 1:
-        raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
-    if not is_int(order) or order < 1:
-        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    require_int("window_size", window_size)
+    require_int("order", order)
     if order > window_size:
         raise ValueError(f"order ({order}) must not exceed window_size ({window_size})")
-    if not is_int(memory_size) or memory_size < 1:
-        raise ValueError(f"memory_size must be an integer >= 1, got {memory_size!r}")
-    for name, value in (("tol1", tol1), ("tol2", tol2)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
-        raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
-    if not isinstance(anderson_lambda, (int, float)) or not math.isfinite(anderson_lambda) or anderson_lambda <= 0:
-        raise ValueError(f"anderson_lambda must be a finite number > 0, got {anderson_lambda!r}")
+    require_int("memory_size", memory_size)
+    require_real("tol1", tol1)
+    require_real("tol2", tol2)
+    if max_iters is not None:
+        require_int("max_iters", max_iters)
+    require_real("anderson_lambda", anderson_lambda, strict=True)
     if init_trajectory is None:
         if variation_steps is not None:
             raise ValueError("variation_steps needs init_trajectory (a warm start)")
@@ -371,5 +372,5 @@ def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_
         raise ValueError(f"init_trajectory must have the shape of noise {tuple(noise.shape)}, got {got}")
     if not bool(torch.isfinite(init_trajectory).all()):
         raise ValueError("init_trajectory must be finite")
-    if variation_steps is not None and (not is_int(variation_steps) or not 1 <= variation_steps <= schedule.num_steps):
-        raise ValueError(f"variation_steps must be an integer in [1, T={schedule.num_steps}], got {variation_steps!r}")
+    if variation_steps is not None:
+        require_int("variation_steps", variation_steps, 1, schedule.num_steps)
