@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from models import ModelLoadError, load_dit
-from models.dit import DEFAULT_DIT, GUIDANCE_RULES
+# Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
+from models.defaults import DEFAULT_DIT, GUIDANCE_RULES
+from models.loading import ModelLoadError, resolve_location
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, run_cli,
-                         resolved_settings, solver_options, start)
-from paratAA.distributed import shard_eps_fn
-from paratAA.noise import sample_noise
-from paratAA.runs import create_run_dir, print_report, run_solve, write_config
+                         user_errors, validate_common)
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULTS = ReferenceDefaults(timesteps=100, order=100, model_path=DEFAULT_DIT, num_samples=None)
 DEFAULT_NUM_SAMPLES = 10
@@ -45,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sample_count(class_labels: list[int] | None, num_samples: int | None) -> int:
+    """``--num_samples``, defaulting to the number of ``--class_labels`` (else 10).
+
+    Raises:
+        UsageError: both given and they disagree.
+    """
+    if class_labels is None:
+        return DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
+    if num_samples is not None and num_samples != len(class_labels):
+        raise UsageError(f"--class_labels gives {len(class_labels)} labels but --num_samples is {num_samples}")
+    return len(class_labels)
+
+
 def resolve_labels(class_labels: list[int] | None, num_samples: int | None, seed: int,
                    num_classes: int) -> list[int]:
     """The class label of every sample: as given, or drawn from ``seed``.
@@ -55,12 +67,12 @@ def resolve_labels(class_labels: list[int] | None, num_samples: int | None, seed
     Raises:
         UsageError: count or range mismatch, naming the flag.
     """
+    import torch
+
+    count = sample_count(class_labels, num_samples)
     if class_labels is None:
-        count = num_samples or DEFAULT_NUM_SAMPLES
         generator = torch.Generator("cpu").manual_seed(seed)
         return torch.randint(0, num_classes, (count,), generator=generator).tolist()
-    if num_samples is not None and num_samples != len(class_labels):
-        raise UsageError(f"--class_labels gives {len(class_labels)} labels but --num_samples is {num_samples}")
     bad = [label for label in class_labels if not 0 <= label < num_classes]
     if bad:
         raise UsageError(f"--class_labels must lie in [0, {num_classes}) for this model (got {bad})")
@@ -68,35 +80,53 @@ def resolve_labels(class_labels: list[int] | None, num_samples: int | None, seed
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse, load, solve, save."""
+    """Parse and check every flag, then sample."""
     args = build_parser().parse_args(argv)
+    args.num_samples = sample_count(args.class_labels, args.num_samples)
+    device = validate_common(args, DEFAULTS)
+    with user_errors(ModelLoadError):
+        resolve_location(args.model_path, "model_path")
+        if args.vae_path is not None:
+            resolve_location(args.vae_path, "vae_path")
+    sample(args, device)
+
+
+def sample(args: argparse.Namespace, device: torch.device) -> None:
+    """Load, solve, save (``args`` validated)."""
+    import torch
+
+    from models import load_dit
+    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.distributed import shard_eps_fn
+    from paratAA.noise import sample_noise
+    from paratAA.runs import RunFolder, print_report, run_solve, write_config
+
     context, adapter, schedule = start(
-        args, lambda device: load_dit(args.model_path, args.vae_path, device=device, fp16=args.fp16), ModelLoadError)
+        args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, fp16=args.fp16),
+        ModelLoadError)
     labels = resolve_labels(args.class_labels, args.num_samples, args.seed, adapter.num_classes)
     noise = sample_noise(args.seed, len(labels), args.timesteps, adapter.latent_shape, device=context.device)
     eps_fn = shard_eps_fn(adapter.eps_fn(labels, args.cfg_scale, args.guidance), context.accelerator)
     options = solver_options(args)
 
-    run_dir = None
-    if context.is_main:
-        run_dir = create_run_dir(args.output_path, f"DiT-T{args.timesteps}-w{args.window_size}-o{args.order}"
-                                                   f"-m{args.memory_size}-seed{args.seed}")
-        write_config(run_dir, "parallel_dit.py", vars(args),
-                     {**resolved_settings(adapter, context, schedule, options), "num_samples": len(labels),
-                      "class_labels": labels, "num_classes": adapter.num_classes},
-                     context.num_processes)
-
     def sequential_fn() -> torch.Tensor:
         return adapter.sequential_reference(noise, labels, args.cfg_scale, args.timesteps, args.eta,
                                             args.guidance, seed=args.seed)
 
-    _, summary = run_solve(
-        eps_fn, schedule, noise, options, run_dir, adapter.decode,
-        [{"seed": args.seed + k, "class_label": label} for k, label in enumerate(labels)],
-        description="DiT ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
-        extra={"world_size": context.num_processes})
-    if summary is not None:
-        print_report(summary, run_dir)
+    name = f"DiT-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
+    with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
+        if run.path is not None:
+            write_config(run.path, "parallel_dit.py", vars(args),
+                         {**resolved_settings(adapter, context, schedule, options), "num_samples": len(labels),
+                          "class_labels": labels, "num_classes": adapter.num_classes},
+                         context.num_processes)
+        _, summary = run_solve(
+            eps_fn, schedule, noise, options, run, adapter.decode,
+            [{"seed": args.seed + k, "class_label": label} for k, label in enumerate(labels)],
+            description="DiT ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
+            extra={"world_size": context.num_processes})
+        if summary is not None:
+            print_report(summary, run.path)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from models import ModelLoadError, load_sd
-from models.sd import DEFAULT_SD
+# Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
+from models.defaults import DEFAULT_SD
+from models.loading import ModelLoadError, resolve_location
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, require_prompt, run_cli,
-                         resolved_settings, solver_options, start)
-from paratAA.distributed import shard_eps_fn
-from paratAA.noise import sample_noise
-from paratAA.runs import create_run_dir, print_report, run_solve, write_config
+                         user_errors, validate_common)
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=10)
 
@@ -38,36 +37,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse, load, solve, save."""
+    """Parse and check every flag, then sample."""
     args = build_parser().parse_args(argv)
+    device = validate_common(args, DEFAULTS)
     require_prompt("--prompt", args.prompt)
+    with user_errors(ModelLoadError):
+        resolve_location(args.model_path, "model_path")
+    sample(args, device)
+
+
+def sample(args: argparse.Namespace, device: torch.device) -> None:
+    """Load, solve, save (``args`` validated)."""
+    import torch
+
+    from models import load_sd
+    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.distributed import shard_eps_fn
+    from paratAA.noise import sample_noise
+    from paratAA.runs import RunFolder, print_report, run_solve, write_config
+
     context, adapter, schedule = start(
-        args, lambda device: load_sd(args.model_path, device=device, fp16=args.fp16), ModelLoadError)
+        args, device, lambda dev: load_sd(args.model_path, device=dev, fp16=args.fp16), ModelLoadError)
     prompts = [args.prompt] * args.num_samples
     negatives = [args.negative_prompt] * args.num_samples
     noise = sample_noise(args.seed, args.num_samples, args.timesteps, adapter.latent_shape, device=context.device)
     eps_fn = shard_eps_fn(adapter.eps_fn(prompts, negatives, args.cfg_scale), context.accelerator)
     options = solver_options(args)
 
-    run_dir = None
-    if context.is_main:
-        run_dir = create_run_dir(args.output_path, f"SD-T{args.timesteps}-w{args.window_size}-o{args.order}"
-                                                   f"-m{args.memory_size}-seed{args.seed}")
-        write_config(run_dir, "parallel_sd.py", vars(args),
-                     resolved_settings(adapter, context, schedule, options),
-                     context.num_processes)
-
     def sequential_fn() -> torch.Tensor:
         return adapter.sequential_reference(noise, prompts, negatives, args.cfg_scale, args.timesteps, args.eta)
 
-    _, summary = run_solve(
-        eps_fn, schedule, noise, options, run_dir, adapter.decode,
-        [{"seed": args.seed + k, "prompt": args.prompt, "negative_prompt": args.negative_prompt}
-         for k in range(args.num_samples)],
-        description="SD ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
-        extra={"world_size": context.num_processes})
-    if summary is not None:
-        print_report(summary, run_dir)
+    name = f"SD-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
+    with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
+        if run.path is not None:
+            write_config(run.path, "parallel_sd.py", vars(args), resolved_settings(adapter, context, schedule, options),
+                         context.num_processes)
+        _, summary = run_solve(
+            eps_fn, schedule, noise, options, run, adapter.decode,
+            [{"seed": args.seed + k, "prompt": args.prompt, "negative_prompt": args.negative_prompt}
+             for k in range(args.num_samples)],
+            description="SD ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
+            extra={"world_size": context.num_processes})
+        if summary is not None:
+            print_report(summary, run.path)
 
 
 if __name__ == "__main__":

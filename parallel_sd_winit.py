@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from models import ModelLoadError, load_sd
-from models.sd import DEFAULT_SD
-from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, require_prompt,
-                         run_cli, resolved_settings, solver_options, start)
-from paratAA.distributed import shard_eps_fn
-from paratAA.noise import sample_noise
-from paratAA.runs import create_run_dir, run_solve, summary_lines, write_config, write_json
+# Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
+from models.defaults import DEFAULT_SD
+from models.loading import ModelLoadError, resolve_location
+from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, fit_default,
+                         require_prompt, run_cli, user_errors, validate_common)
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=1)
+DEFAULT_VARIATION_STEPS = 10  # the reference script's
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,23 +41,42 @@ def build_parser() -> argparse.ArgumentParser:
     winit.add_argument("--prompt2", default="a cute cat",
                        help="prompt solved from prompt 1's trajectory (default: %(default)s)")
     winit.add_argument("--negative_prompt", default="", help="negative prompt of both (default: empty)")
-    winit.add_argument("--variation_steps", type=int, default=10,
+    winit.add_argument("--variation_steps", type=int, default=None,
                        help="prompt 2 re-solves the steps i < this (the least noisy ones), keeping prompt 1's "
-                            "trajectory above; --timesteps re-solves everything (default: %(default)s)")
+                            "trajectory above; --timesteps re-solves everything (default: "
+                            f"min({DEFAULT_VARIATION_STEPS}, --timesteps): the reference scripts' "
+                            f"{DEFAULT_VARIATION_STEPS}, lowered to fewer steps)")
     winit.add_argument("--skip_scratch", action="store_true",
                        help="do not also solve prompt 2 from scratch (saves time, loses the comparison)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse, load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save."""
+    """Parse and check every flag, then sample."""
     args = build_parser().parse_args(argv)
+    device = validate_common(args, DEFAULTS)
     require_prompt("--prompt1", args.prompt1)
     require_prompt("--prompt2", args.prompt2)
+    fit_default(args, "variation_steps", min(DEFAULT_VARIATION_STEPS, args.timesteps))
     if not 1 <= args.variation_steps <= args.timesteps:
         raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] (got {args.variation_steps})")
+    with user_errors(ModelLoadError):
+        resolve_location(args.model_path, "model_path")
+    sample(args, device)
+
+
+def sample(args: argparse.Namespace, device: torch.device) -> None:
+    """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
+    from models import load_sd
+    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.distributed import shard_eps_fn
+    from paratAA.noise import sample_noise
+    from paratAA.runs import RunFolder, run_solve, summary_lines, write_config
+
+    # Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
     context, adapter, schedule = start(
-        args, lambda device: load_sd(args.model_path, device=device, fp16=args.fp16), ModelLoadError)
+        args, device, lambda dev: load_sd(args.model_path, device=dev, fp16=args.fp16), ModelLoadError,
+        kept_trajectories=1)
     count, num_steps = args.num_samples, args.timesteps
     negatives = [args.negative_prompt] * count
     noise = sample_noise(args.seed, count, num_steps, adapter.latent_shape, device=context.device)
@@ -64,48 +85,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = solver_options(args)
     references = {}  # prompt -> the sequential sampler's latents, computed at most once
 
-    run_dir = None
-    if context.is_main:
-        run_dir = create_run_dir(args.output_path, f"SD-winit-T{num_steps}-v{args.variation_steps}"
-                                                   f"-w{args.window_size}-o{args.order}-m{args.memory_size}"
-                                                   f"-seed{args.seed}")
-        write_config(run_dir, "parallel_sd_winit.py", vars(args),
-                     resolved_settings(adapter, context, schedule, options),
-                     context.num_processes)
+    name = f"SD-winit-T{num_steps}-v{args.variation_steps}-w{args.window_size}-o{args.order}-m{args.memory_size}" \
+           f"-seed{args.seed}"
+    with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
+        if run.path is not None:
+            write_config(run.path, "parallel_sd_winit.py", vars(args),
+                         resolved_settings(adapter, context, schedule, options), context.num_processes)
+        run.fields = {"variation_steps": args.variation_steps, "num_steps": num_steps}
 
-    def phase(name: str, prompt: str, start_from=None, save_steps: bool = True, check: bool = False):
-        """One solve of ``prompt`` into ``<run>/<name>`` (``start_from``: a warm-start trajectory)."""
-        def sequential_fn():
-            if prompt not in references:
-                references[prompt] = adapter.sequential_reference(noise, [prompt] * count, negatives,
-                                                                  args.cfg_scale, num_steps, args.eta)
-            return references[prompt]
+        def phase(name: str, prompt: str, start_from: Any = None, save_steps: bool = True, check: bool = False):
+            """One solve of ``prompt`` into ``<run>/<name>`` (``start_from``: a warm-start trajectory)."""
+            def sequential_fn():
+                if prompt not in references:
+                    references[prompt] = adapter.sequential_reference(noise, [prompt] * count, negatives,
+                                                                      args.cfg_scale, num_steps, args.eta)
+                return references[prompt]
 
-        folder = None
-        if run_dir is not None:
-            folder = run_dir / name
-            folder.mkdir()
-        return run_solve(
-            eps[prompt], schedule, noise, options, folder, adapter.decode,
-            [{"seed": args.seed + k, "prompt": prompt} for k in range(count)],
-            init_trajectory=start_from, variation_steps=None if start_from is None else args.variation_steps,
-            description=name, save_steps=save_steps,
-            sequential_fn=sequential_fn if check and args.check_sequential else None,
-            extra={"world_size": context.num_processes})
+            return run_solve(
+                eps[prompt], schedule, noise, options, run, adapter.decode,
+                [{"seed": args.seed + k, "prompt": prompt} for k in range(count)], subfolder=name,
+                init_trajectory=start_from, variation_steps=None if start_from is None else args.variation_steps,
+                description=name, save_steps=save_steps,
+                sequential_fn=sequential_fn if check and args.check_sequential else None,
+                extra={"world_size": context.num_processes})
 
-    first, first_summary = phase("prompt1", args.prompt1, check=True)
-    # The warm result equals prompt 2's sequential sample only when every step is re-solved.
-    _, warm_summary = phase("prompt2", args.prompt2, start_from=first.trajectory,
-                            check=args.variation_steps == num_steps)
-    scratch_summary = None if args.skip_scratch else phase("prompt2_from_scratch", args.prompt2, save_steps=False,
-                                                           check=True)[1]
-    if run_dir is None:
-        return
-    overview = {"variation_steps": args.variation_steps, "num_steps": num_steps,
-                "prompt1": first_summary, "prompt2": warm_summary, "prompt2_from_scratch": scratch_summary}
-    if scratch_summary is not None:
-        overview["prompt2_iterations_saved"] = scratch_summary["iterations"] - warm_summary["iterations"]
-    write_json(run_dir / "summary.json", overview)
+        first, first_summary = phase("prompt1", args.prompt1, check=True)
+        # The warm result equals prompt 2's sequential sample only when every step is re-solved.
+        _, warm_summary = phase("prompt2", args.prompt2, start_from=first.trajectory,
+                                check=args.variation_steps == num_steps)
+        scratch_summary = None if args.skip_scratch else phase("prompt2_from_scratch", args.prompt2,
+                                                               save_steps=False, check=True)[1]
+        if run.path is None:
+            return
+        overview = {**run.fields, "prompt1": first_summary, "prompt2": warm_summary,
+                    "prompt2_from_scratch": scratch_summary}
+        if scratch_summary is not None:
+            overview["prompt2_iterations_saved"] = scratch_summary["iterations"] - warm_summary["iterations"]
+        run.complete(overview)
     for title, summary in (("prompt 1", first_summary), ("prompt 2 from prompt 1", warm_summary),
                            ("prompt 2 from scratch", scratch_summary)):
         if summary is not None:
@@ -114,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if scratch_summary is not None:
         print(f"warm start: prompt 2 took {warm_summary['iterations']} parallel iterations "
               f"instead of {scratch_summary['iterations']} from scratch")
-    print(f"Output folder: {run_dir}")
+    print(f"Output folder: {run.path}")
 
 
 if __name__ == "__main__":

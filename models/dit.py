@@ -17,16 +17,13 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2
 from paratAA import EpsFn, Schedule
 
 from .adapter import LatentDiffusionAdapter, place
+from .defaults import DEFAULT_DIT, DEFAULT_DIT_VAE, GUIDANCE_RULES
 from .dit_checkpoint import load_dit_checkpoint
 from .loading import ModelLoadError, load_pretrained, resolve_location
 from .tiny import DIT_SCHEDULER_CONFIG, tiny_pipeline
 
 __all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "GUIDANCE_RULES", "DiTAdapter", "load_dit"]
 
-DEFAULT_DIT = "facebook/DiT-XL-2-256"
-# The VAE the DiT authors sample with (their sample.py default); used when the model brings none.
-DEFAULT_DIT_VAE = "stabilityai/sd-vae-ft-ema"
-GUIDANCE_RULES = ("all", "original")
 # DiT's respaced DDIM: linspace(0, 999, T).round() timesteps, alpha_bar = 1 after the last step.
 _DIT_DDIM = dict(timestep_spacing="linspace", set_alpha_to_one=True, steps_offset=0, clip_sample=False)
 # The original DiT guides only this many latent channels (its forward_with_cfg).

@@ -37,6 +37,7 @@ import re
 import torch
 from accelerate import init_empty_weights
 from diffusers import DiTTransformer2DModel
+from safetensors import SafetensorError
 
 from .loading import LOAD_ERRORS, ModelLoadError, first_line
 
@@ -161,7 +162,7 @@ def load_dit_checkpoint(path: str, argument: str = "model_path") -> DiTTransform
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as exc:
+    except (*LOAD_ERRORS, SafetensorError) as exc:  # torch.load also reads .safetensors files
         raise ModelLoadError(f"{argument}: could not read '{path}' as a PyTorch checkpoint "
                              f"(torch.load, weights_only=True): {first_line(exc)}") from exc
     if isinstance(checkpoint, dict):

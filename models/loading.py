@@ -23,7 +23,7 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # huggingface_hub's repo-id rule: one optional "owner/" then a name of letters, digits, "-", "_", ".".
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # What from_pretrained / torch.load raise for missing, partial or malformed files (hub errors are OSErrors).
-LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError)
+LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
 
 
 class ModelLoadError(ValueError):
@@ -47,12 +47,14 @@ def resolve_location(location: str, argument: str) -> tuple[str, str]:
         ``("local", absolute_path)`` or ``("hub", repo_id)``.
 
     Raises:
-        ModelLoadError: an empty location, a local-looking path that does not exist, or a string
+        ModelLoadError: an empty location or file, a local-looking path that does not exist, or a string
             that is neither an existing path nor a valid hub repo id.
     """
     if not isinstance(location, str) or not location.strip():
         raise ModelLoadError(f"{argument}: expected a local path or a hub repo id, got {location!r}")
     expanded = os.path.expanduser(location)
+    if os.path.isfile(expanded) and os.path.getsize(expanded) == 0:
+        raise ModelLoadError(f"{argument}: '{location}' is an empty file")
     if os.path.exists(expanded):
         return "local", os.path.abspath(expanded)
     looks_local = (

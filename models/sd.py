@@ -18,12 +18,11 @@ from diffusers import StableDiffusionPipeline
 from paratAA import EpsFn, Schedule
 
 from .adapter import LatentDiffusionAdapter, place
+from .defaults import DEFAULT_SD
 from .loading import ModelLoadError, load_pretrained, resolve_location
 from .tiny import tiny_pipeline
 
 __all__ = ["DEFAULT_SD", "SDAdapter", "load_sd"]
-
-DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 class SDAdapter(LatentDiffusionAdapter):

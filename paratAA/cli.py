@@ -4,27 +4,41 @@ The flags and defaults follow the authors' reference ParaTAA scripts, so their
 commands work as written. User mistakes end the program with one line on stderr naming the flag
 and exit status 2, never a traceback: checks here raise ``UsageError``; ``user_errors`` turns the
 ``ValueError``s of model loading and of ``paratAA.solve`` into ``UsageError``; ``run_cli`` prints it.
+
+A script validates every flag (``validate_common`` and its own checks) before ``start`` joins the
+process group and loads the model, so all processes of a launch meet a mistake at once; only
+rank 0 prints. SIGINT and SIGTERM raise ``Interrupted``; a run stopped after its folder exists is
+marked there (``paratAA.runs.RunFolder``). Exit statuses: 0; 2 usage; 1 NaN/inf or out of memory;
+130 / 143 interrupted. This module imports torch only inside functions: ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
-import torch
+from paratAA.errors import NonFiniteError
 
-from paratAA import NonFiniteError, Schedule
-from paratAA.distributed import ProcessContext, init_processes
+if TYPE_CHECKING:  # torch is imported after parsing, so that --help and usage errors are fast
+    import torch
+
+    from paratAA.distributed import ProcessContext
+    from paratAA.schedule import Schedule
 
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
+SIGNAL_EXIT_BASE = 128  # a run stopped by signal N exits 128 + N (130 for SIGINT, 143 for SIGTERM)
 TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (models.tiny)
 
 
@@ -32,11 +46,66 @@ class UsageError(Exception):
     """A user mistake: reported as one line naming the flag, exit status 2."""
 
 
+class Interrupted(BaseException):
+    """SIGINT (Ctrl-C) or SIGTERM arrived; like ``KeyboardInterrupt``, not an ``Exception``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunAborted(Exception):
+    """A run stopped after its folder was created; its ``summary.json`` is marked ``status``.
+
+    Attributes:
+        cause: what stopped it (``Interrupted``, ``NonFiniteError``, ...).
+        folder: the run folder.
+        status: ``"interrupted"`` or ``"failed"``.
+    """
+
+    def __init__(self, cause: BaseException, folder: Path, status: str):
+        super().__init__(f"{status}: {cause!r}")
+        self.cause, self.folder, self.status = cause, folder, status
+
+
+def is_reporting_process() -> bool:
+    """True on the one process of a launch that prints errors (rank 0; the only one without a launcher)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def tell_launcher(message: str) -> None:
+    """Leave ``message`` where ``torchrun`` / ``accelerate launch`` look for a failed process's error.
+
+    Their failure report then shows this line as the root cause instead of "To enable traceback
+    see ...". Nothing happens without a launcher.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+    except OSError:
+        pass  # the report then falls back to its generic text
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose errors are a single line (argparse's own add the usage line)."""
+    """``ArgumentParser`` for launches of several processes: one-line errors, printed by rank 0 only.
+
+    Abbreviated flags are refused (``--timestep`` is not ``--timesteps``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
+        line = f"{self.prog}: error: {message} (see --help)"
+        tell_launcher(line)
+        self.exit(USAGE_EXIT, line + "\n")
+
+    def _print_message(self, message: str, file: Any = None) -> None:  # --help, usage and errors
+        if is_reporting_process():
+            super()._print_message(message, file)
 
 
 @dataclass(frozen=True)
@@ -44,39 +113,55 @@ class ReferenceDefaults:
     """Per-script defaults of the reference scripts (the rest are shared)."""
 
     timesteps: int
-    order: int
+    order: int  # fitted to the window: --order defaults to min(order, --window_size)
     model_path: str
     num_samples: int | None = 10  # None: the script derives it (DiT: from --class_labels)
 
 
+MEMORY_NOTE = (
+    "Memory: the solver's state is float64 latents (8 bytes per entry: DiT-XL/2's 4x32x32 latent is 32.8 kB, "
+    "SD 1.5's 4x64x64 131 kB, the tiny models' 4x8x8 2 kB). Per sample: 2 (T+1) for the noise and the "
+    "trajectory, and per window step 2 x --memory_size for the Anderson history (none with --memory_size 1) "
+    "plus about 8 for the iteration; every process holds all of it. A run whose estimate exceeds the "
+    "device's memory is refused, naming the flag, before anything is allocated.")
+
+
 def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults) -> None:
-    """Add the sampler, ParaTAA, model and output flags every script shares.
+    """Add the sampler, ParaTAA, model and output flags every script shares (and the memory note).
 
     Args:
         parser: the script's parser.
         defaults: the script's reference defaults.
     """
+    parser.epilog = MEMORY_NOTE if parser.epilog is None else parser.epilog
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--timesteps", type=int, default=defaults.timesteps,
-                          help="number of DDIM steps T (default: %(default)s)")
+                          help="number of DDIM steps T; memory: 2 (T+1) latents per sample (default: %(default)s)")
     sampling.add_argument("--cfg_scale", type=float, default=4.0,
                           help="classifier-free guidance scale (default: %(default)s)")
     sampling.add_argument("--eta", type=float, default=0.0,
                           help="DDIM eta in [0, 1]: 0 is the ODE sampler, 1 is DDPM (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=0,
-                          help="sample k draws its noise from a CPU generator seeded with seed + k (default: %(default)s)")
+                          help="sample k draws its noise from a CPU generator seeded with seed + k, which must "
+                               "fit 64 bits: 0 <= seed <= 2**64 - num_samples (default: %(default)s)")
+    count = (f"(default: {defaults.num_samples})" if defaults.num_samples
+             else "(default: one per --class_labels, else 10)")
     sampling.add_argument("--num_samples", type=int, default=defaults.num_samples,
-                          help="number of samples, solved together (default: %(default)s)" if defaults.num_samples
-                          else "number of samples, solved together (default: one per --class_labels, else 10)")
+                          help=f"number of samples, solved together; memory grows linearly with it {count}")
 
     solver = parser.add_argument_group("ParaTAA")
     solver.add_argument("--window_size", type=int, default=100,
-                        help="steps evaluated in parallel per sample and iteration (default: %(default)s)")
-    solver.add_argument("--order", type=int, default=defaults.order,
-                        help="order of the nonlinear equations, at most --window_size (default: %(default)s)")
+                        help="steps evaluated in parallel per sample and iteration (capped at --timesteps); "
+                             "memory: about 2 x --memory_size + 8 latents per window step and sample "
+                             "(default: %(default)s)")
+    solver.add_argument("--order", type=int, default=None,
+                        help="order of the nonlinear equations, at most --window_size (default: "
+                             f"min({defaults.order}, --window_size): the reference scripts' {defaults.order}, "
+                             "lowered to a smaller window)")
     solver.add_argument("--memory_size", type=int, default=2,
                         help="iterates kept for Triangular Anderson Acceleration; 1 turns it off "
-                             "(plain fixed-point iteration); 2 to 5 recommended (default: %(default)s)")
+                             "(plain fixed-point iteration); 2 to 5 recommended; memory: 2 x memory_size latents "
+                             "per window step and sample (default: %(default)s)")
     solver.add_argument("--tol1", type=float, default=1e-3,
                         help="a step has converged when its RMS residual <= tol1 ... (default: %(default)s)")
     solver.add_argument("--tol2", type=float, default=1e-3,
@@ -102,12 +187,13 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                             "(default: %(default)s)")
     model.add_argument("--fp16", action="store_true", help="run the network in float16 (GPU only)")
     model.add_argument("--device", default=None,
-                       help="torch device of a single-process run (default: cuda if available, else cpu); "
-                            "under a multi-process launch accelerate assigns the devices")
+                       help="torch device of a single-process run, e.g. cpu, cuda, cuda:1 (default: cuda if "
+                            "available, else cpu); under a multi-process launch accelerate assigns the devices")
 
     output = parser.add_argument_group("output")
     output.add_argument("--output_path", default="output",
-                        help="a new run folder is created inside it for every run (default: %(default)s)")
+                        help="a new run folder is created inside it for every run; ~ is expanded "
+                             "(default: %(default)s)")
     output.add_argument("--check_sequential", action="store_true",
                         help="also run diffusers' sequential sampler from the same noise and report the "
                              "largest latent difference, the decoded images' PSNR and its time in summary.json")
@@ -118,14 +204,24 @@ def _require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
-def validate_common(args: argparse.Namespace) -> torch.device:
-    """Check the shared flags; create ``--output_path`` if needed.
+def fit_default(args: argparse.Namespace, flag: str, value: Any) -> None:
+    """Give ``--flag`` the value ``value`` when the user left it out (its parser default is None)."""
+    if getattr(args, flag) is None:
+        setattr(args, flag, value)
+
+
+def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> torch.device:
+    """Check the shared flags, fit the defaults that depend on others, expand and create ``--output_path``.
+
+    Call it first, before loading anything or joining a process group: every process of a launch
+    then meets the same error at once. ``args.num_samples`` must be resolved (not None).
 
     Args:
         args: parsed arguments carrying the flags of ``add_common_args``.
+        defaults: the script's reference defaults (``--order`` is fitted to ``--window_size``).
 
     Returns:
-        The requested device (``--device`` or its default).
+        The requested device (``--device`` or its default), checked to be usable.
 
     Raises:
         UsageError: naming the first offending flag.
@@ -133,10 +229,9 @@ def validate_common(args: argparse.Namespace) -> torch.device:
     _require(args.timesteps >= 1, f"--timesteps must be >= 1 (got {args.timesteps})")
     _require(math.isfinite(args.cfg_scale), f"--cfg_scale must be finite (got {args.cfg_scale})")
     _require(0.0 <= args.eta <= 1.0, f"--eta must be in [0, 1] (got {args.eta})")
-    _require(args.seed >= 0, f"--seed must be >= 0 (got {args.seed})")
-    _require(args.num_samples is None or args.num_samples >= 1,
-             f"--num_samples must be >= 1 (got {args.num_samples})")
+    _require(args.num_samples >= 1, f"--num_samples must be >= 1 (got {args.num_samples})")
     _require(args.window_size >= 1, f"--window_size must be >= 1 (got {args.window_size})")
+    fit_default(args, "order", min(defaults.order, args.window_size))
     _require(args.order >= 1, f"--order must be >= 1 (got {args.order})")
     _require(args.order <= args.window_size,
              f"--order ({args.order}) must not exceed --window_size ({args.window_size})")
@@ -149,21 +244,34 @@ def validate_common(args: argparse.Namespace) -> torch.device:
     _require(args.max_steps is None or args.max_steps >= 2,
              f"--max_steps counts saved images including the initial one, so it must be >= 2 (got {args.max_steps})")
     _require(bool(args.model_path.strip()), "--model_path must not be empty")
+    check_seed(args.seed, args.num_samples)
+    args.output_path = check_output_path(args.output_path)
     device = resolve_device(args.device)
     check_fp16(args.fp16, device)
-    check_output_path(args.output_path)
     return device
 
 
+def check_seed(seed: int, num_samples: int) -> None:
+    """Reject a seed outside ``[0, 2**64 - num_samples]``: sample k's generator is seeded ``seed + k``."""
+    from paratAA.noise import largest_seed
+
+    largest = largest_seed(num_samples)
+    _require(0 <= seed <= largest, f"--seed must be in [0, {largest}] (2**64 - --num_samples, since sample k "
+                                   f"uses seed + k) (got {seed})")
+
+
 def resolve_device(name: str | None) -> torch.device:
-    """``--device`` as a torch device (default: cuda if available, else cpu)."""
+    """``--device`` as a torch device (default: cuda if available, else cpu), checked to hold data."""
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as error:
-        raise UsageError(f"--device {name!r} is not a torch device: {error}") from None
-    _require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+        torch.zeros(1, device=device).cpu()  # fails for an absent backend or index, and for "meta" (no data)
+    except Exception as error:  # noqa: BLE001 - whatever the backend raises, the device is unusable
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--device {name!r} cannot be used here: {reason}") from None
     return device
 
 
@@ -173,15 +281,17 @@ def check_fp16(fp16: bool, device: torch.device) -> None:
              f"--fp16 needs a GPU but this run is on {device}; drop --fp16 for CPU runs")
 
 
-def check_output_path(path: str) -> None:
-    """Create ``--output_path`` if missing and make sure a file can be written in it."""
+def check_output_path(path: str) -> str:
+    """``--output_path`` with ``~`` expanded, created if missing and checked to be writable."""
     _require(bool(path.strip()), "--output_path must not be empty")
+    path = os.path.expanduser(path)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
         raise UsageError(f"--output_path {path!r} is not writable: {error.strerror or error}") from None
+    return path
 
 
 def require_prompt(flag: str, prompt: str) -> None:
@@ -215,22 +325,53 @@ def resolved_settings(adapter: Any, context: ProcessContext, schedule: Schedule,
             "dtype": str(adapter.dtype), "timesteps": schedule.timesteps.tolist()}
 
 
-def start(args: argparse.Namespace, load: Callable[[torch.device], Any],
-          load_error: type[Exception]) -> tuple[ProcessContext, Any, Schedule]:
-    """Validate the shared flags, join the process group, load the model, build the schedule.
+def check_memory(args: argparse.Namespace, latent_shape: Sequence[int], device: torch.device,
+                 kept_trajectories: int = 0) -> None:
+    """Refuse flags whose solver state cannot fit the device (``paratAA.memory``), naming the costliest flag.
 
     Args:
-        args: parsed arguments (``add_common_args`` flags).
+        args: validated arguments (``--num_samples``, ``--timesteps``, ``--window_size``, ``--memory_size``).
+        latent_shape: the model's latent shape.
+        device: where the state lives.
+        kept_trajectories: trajectories the script keeps besides the solve's (a warm start's).
+    """
+    from paratAA.memory import check_fits, estimate_solver_memory
+
+    estimate = estimate_solver_memory(args.num_samples, args.timesteps, math.prod(latent_shape), args.window_size,
+                                      args.memory_size, kept_trajectories)
+    culprits = {"trajectories": f"--num_samples {args.num_samples} with --timesteps {args.timesteps}",
+                "history": f"--memory_size {args.memory_size} with --window_size {args.window_size}",
+                "window": f"--window_size {args.window_size} with --num_samples {args.num_samples}"}
+    # On a CPU every process of a launch holds its own copy in the same RAM.
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    with user_errors(ValueError):
+        check_fits(estimate, device, culprits, sharing=sharing)
+
+
+def start(args: argparse.Namespace, device: torch.device, load: Callable[[torch.device], Any],
+          load_error: type[Exception], kept_trajectories: int = 0) -> tuple[ProcessContext, Any, Schedule]:
+    """Join the process group, load the model, build the schedule, check that the solver's state fits.
+
+    Call it after every flag has been validated (``validate_common`` and the script's own checks).
+
+    Args:
+        args: validated arguments (``add_common_args`` flags).
+        device: ``validate_common``'s device.
         load: loads the model adapter onto a device (``models.load_dit`` / ``load_sd`` bound to args).
         load_error: the loader's exception for a bad model location (``models.ModelLoadError``).
+        kept_trajectories: see ``check_memory``.
 
     Returns:
         The process context, the adapter and its ``--timesteps`` / ``--eta`` schedule.
 
     Raises:
-        UsageError: a bad flag, model location or step count.
+        UsageError: a model location that cannot be loaded, a step count the model's scheduler
+            refuses, or flags whose state cannot fit the device.
     """
-    device = validate_common(args)
+    import torch
+
+    from paratAA.distributed import init_processes
+
     context = init_processes(device)
     check_fp16(args.fp16, context.device)
     if args.model_path == TINY_MODEL and context.device.type == "cpu":
@@ -241,6 +382,7 @@ def start(args: argparse.Namespace, load: Callable[[torch.device], Any],
         adapter = load(context.device)
     with user_errors(ValueError, flag="--timesteps"):
         schedule = adapter.make_schedule(args.timesteps, args.eta)
+    check_memory(args, adapter.latent_shape, context.device, kept_trajectories)
     return context, adapter, schedule
 
 
@@ -258,27 +400,120 @@ def user_errors(*error_types: type[Exception], flag: str | None = None) -> Itera
         raise UsageError(f"{flag}: {message}" if flag else message) from None
 
 
+@contextmanager
+def signals_raise_interrupted() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise ``Interrupted`` (previous handlers restored after).
+
+    A second signal while the first is being handled (the run folder being marked) is ignored.
+    """
+    def handler(signum: int, frame: Any) -> None:
+        ignore_signals()
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving within the block take effect at its end (files written together stay
+    consistent: a metrics line and the summary that counts it). Without ``pthread_sigmask``, no deferral."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_signals() -> None:
+    """Ignore SIGINT and SIGTERM from now on (while a stop is being recorded and reported)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM within the block (a run that is already stopping is being recorded)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ignore_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def failure_report(error: BaseException) -> tuple[int, str] | None:
+    """The exit status and one-line message for a known way of failing; None for an unexpected error."""
+    if isinstance(error, Interrupted):
+        return SIGNAL_EXIT_BASE + error.signum, f"interrupted by {error}"
+    if isinstance(error, KeyboardInterrupt):
+        return SIGNAL_EXIT_BASE + signal.SIGINT, "interrupted by SIGINT"
+    if isinstance(error, UsageError):
+        return USAGE_EXIT, f"error: {error}"
+    if isinstance(error, NonFiniteError):
+        return RUNTIME_EXIT, f"error: {error}"
+    if is_out_of_memory(error):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        return RUNTIME_EXIT, (f"error: out of memory ({first}); lower --num_samples, --window_size or "
+                              "--memory_size (see --help)")
+    return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, torch's (GPU) OutOfMemoryError, or torch's CPU allocator giving up."""
+    return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error)))
+
+
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Run a script's ``main`` and turn expected failures into one line on stderr.
+    """Run a script's ``main`` and turn every expected way of stopping into one line on stderr.
+
+    Only rank 0 of a launch prints; every process returns the same status, and tells the launcher
+    its line (``tell_launcher``). A run stopped after its folder exists has it marked (``RunAborted``)
+    and the line says where. Unexpected errors keep their traceback.
 
     Args:
         main: the script body; takes argv (None: ``sys.argv[1:]``).
         argv: command-line arguments.
 
     Returns:
-        The exit status: 0, 2 for a usage error, 1 when the network produced NaN/inf.
+        The exit status: 0; 2 for a usage error; 1 for NaN/inf or running out of memory; 128 + the
+        signal number for SIGINT (130) and SIGTERM (143).
     """
     prog = os.path.basename(sys.argv[0]) or "paratAA"
-    # Every process of a launch meets the same error: only rank 0 reports it.
-    report = os.environ.get("RANK", "0") == "0"
-    try:
-        main(argv)
-    except UsageError as error:
-        if report:
-            print(f"{prog}: error: {error}", file=sys.stderr)
-        return USAGE_EXIT
-    except NonFiniteError as error:
-        if report:
-            print(f"{prog}: error: {error} (with --fp16, try without it)", file=sys.stderr)
-        return RUNTIME_EXIT
-    return 0
+    with signals_raise_interrupted():
+        try:
+            main(argv)
+            return 0
+        except (Exception, KeyboardInterrupt, Interrupted) as error:
+            ignore_signals()  # a signal now would interrupt the report
+            status = _report(prog, error)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        # Once one process fails the launcher SIGTERMs the others: let them finish exiting with their status.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return status
+
+
+def _report(prog: str, error: BaseException) -> int:
+    """Print ``error``'s line (rank 0), tell the launcher, return the exit status."""
+    where = ""
+    if isinstance(error, RunAborted):
+        where = f" (run folder marked {error.status}: {error.folder})"
+        error = error.cause
+    report = failure_report(error)
+    if report is None:  # a bug, not a way of stopping: keep the traceback
+        report = (RUNTIME_EXIT, f"unexpected error: {type(error).__name__}: {error}")
+        if is_reporting_process():
+            traceback.print_exception(error)
+    if is_reporting_process():
+        print(f"{prog}: {report[1]}{where}", file=sys.stderr)
+    tell_launcher(f"{prog}: {report[1]}")
+    return report[0]

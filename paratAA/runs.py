@@ -4,34 +4,41 @@ One run writes one new folder under ``--output_path`` (never reusing an existing
 
     <run>/config.json            every resolved argument, model ids, library versions, world size
     <run>/metrics.jsonl          one JSON line per parallel iteration (an ``IterationRecord``)
-    <run>/summary.json           iterations / evaluations / seconds per sample and in total
+    <run>/summary.json           "status", then iterations / evaluations / seconds per sample and in total
     <run>/latents.safetensors    the final latents, float64, key "samples" (B, *latent)
     <run>/sample_<k>/step_<j>.png  decoded x0 after iteration j of sample k (step_0 = the start),
                                    one per iteration in which sample k was still being solved
-    <run>/sample_<k>/evolution.gif the step images as an animation
+    <run>/sample_<k>/evolution.gif the step images as an animation, one frame each, with a progress strip
     <run>/sample_<k>/final.png     the decoded final sample
 
-Only the main process creates a ``RunRecorder``. Decoding goes through a callable (the model
-adapter's ``decode``), so this module never imports diffusers.
+``summary.json`` always says how far the run got: its ``"status"`` is ``"running"`` (rewritten after
+every iteration with the numbers so far; a run killed with SIGKILL stays so), ``"completed"``,
+``"interrupted"`` (SIGINT / SIGTERM) or ``"failed"`` (with an ``"error"`` line). Every JSON file is
+strict (no NaN / Infinity) and replaced atomically. Only the main process creates folders
+(``RunFolder``) and ``RunRecorder`` s. Decoding goes through a callable (the model adapter's
+``decode``), so this module never imports diffusers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from paratAA import EpsFn, Schedule, solve
-from paratAA.cli import user_errors
+from paratAA import EpsFn, NonFiniteError, Schedule, solve
+from paratAA.cli import Interrupted, RunAborted, signals_deferred, signals_ignored, user_errors
 
 if TYPE_CHECKING:
     from paratAA import IterationRecord, SolveResult
@@ -42,6 +49,7 @@ Decode = Callable[[torch.Tensor], list[Image.Image]]
 PSNR_CAP_DB = 100.0
 GIF_FRAME_MS = 250
 GIF_LAST_FRAME_MS = 1500
+RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
 
 
 def create_run_dir(output_path: str | Path, name: str) -> Path:
@@ -84,8 +92,17 @@ def library_versions() -> dict[str, str | None]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON (strict: no NaN/Infinity)."""
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    """Write ``obj`` as indented strict JSON (no NaN/Infinity: ValueError), atomically: an interrupted
+    write leaves the previous file, never a truncated one."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def write_status(folder: Path, status: str, summary: dict[str, Any], error: str | None = None) -> None:
+    """Write ``<folder>/summary.json``: ``status`` (and ``error``) first, then ``summary``."""
+    write_json(folder / "summary.json", {"status": status, **({"error": error} if error else {}), **summary})
 
 
 def write_config(run_dir: Path, script: str, args: dict[str, Any], resolved: dict[str, Any],
@@ -117,42 +134,44 @@ def record_to_json(record: IterationRecord) -> dict[str, Any]:
     }
 
 
-def solve_summary(result: SolveResult, sample_info: Sequence[dict[str, Any]],
-                  per_sample: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Totals and per-sample statistics of one solve.
+def solve_summary(records: Sequence[IterationRecord], sample_info: Sequence[dict[str, Any]],
+                  per_sample: Sequence[dict[str, Any]] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    """Totals and per-sample statistics of the iterations of one solve so far (all of them when it ended).
 
     A sample's ``seconds`` is the network + solver time of the iterations up to and including
     its last one (the samples of a batch are solved together, so this is when it was ready);
     image writing is excluded.
 
     Args:
-        result: what ``paratAA.solve`` returned.
+        records: the solve's ``IterationRecord`` s so far (``SolveResult.records`` at the end).
         sample_info: per sample, what it is (seed, class label or prompt, ...), listed first.
         per_sample: per sample, further results (e.g. the comparison with the sequential sampler).
+        seconds: the solve's wall-clock (``SolveResult.seconds``); default: its iterations' time.
 
     Returns:
         A JSON-ready dict.
     """
-    final_frontier = result.records[-1].frontier if result.records else [0] * len(sample_info)
     samples = []
     for k, info in enumerate(sample_info):
-        active = [r for r in result.records if r.windows[k] is not None]
+        active = [r for r in records if r.windows[k] is not None]
         samples.append({
             "sample": k,
             **info,
-            "iterations": result.per_sample_iterations[k],
-            "evaluations": result.per_sample_evaluations[k],
+            "iterations": len(active),
+            "evaluations": sum(r.windows[k][1] - r.windows[k][0] for r in active),
             "seconds": sum(r.network_seconds + r.solver_seconds for r in active),
-            "converged": final_frontier[k] == 0,
+            "converged": bool(records) and records[-1].frontier[k] == 0,
             **(per_sample[k] if per_sample is not None else {}),
         })
+    network = sum(r.network_seconds for r in records)
+    solver = sum(r.solver_seconds for r in records)
     return {
-        "iterations": result.iterations,
-        "evaluations": result.evaluations,
-        "seconds": result.seconds,
-        "network_seconds": sum(r.network_seconds for r in result.records),
-        "solver_seconds": sum(r.solver_seconds for r in result.records),
-        "converged": result.converged,
+        "iterations": len(records),
+        "evaluations": sum(r.evaluations for r in records),
+        "seconds": network + solver if seconds is None else seconds,
+        "network_seconds": network,
+        "solver_seconds": solver,
+        "converged": all(sample["converged"] for sample in samples),
         "samples": samples,
     }
 
@@ -179,8 +198,13 @@ def compare_with_sequential(
     Returns:
         One dict per sample with ``sequential_max_abs_diff``, ``sequential_psnr_db`` and
         ``sequential_seconds`` (the batch's time: every sample was ready at its end).
+
+    Raises:
+        NonFiniteError: the sequential sampler's result holds NaN or inf.
     """
     parallel, sequential = parallel.double().cpu(), sequential.double().cpu()
+    if not bool(torch.isfinite(sequential).all()):
+        raise NonFiniteError("--check_sequential: diffusers' sequential sampler returned NaN or inf")
     images_p, images_s = decode(parallel), decode(sequential)
     return [
         {
@@ -212,10 +236,11 @@ def run_solve(
     schedule: Schedule,
     noise: torch.Tensor,
     options: dict[str, Any],
-    run_dir: Path | None,
+    run: RunFolder,
     decode: Decode,
     sample_info: Sequence[dict[str, Any]],
     *,
+    subfolder: str | None = None,
     init_trajectory: torch.Tensor | None = None,
     variation_steps: int | None = None,
     description: str = "ParaTAA",
@@ -223,20 +248,21 @@ def run_solve(
     sequential_fn: Callable[[], torch.Tensor] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[SolveResult, dict[str, Any] | None]:
-    """Run one ``paratAA.solve`` on every process; on the main process record it into ``run_dir``.
+    """Run one ``paratAA.solve`` on every process; on the main process record it into the run folder.
 
     Args:
         eps_fn, schedule, noise, init_trajectory, variation_steps: as for ``paratAA.solve``.
         options: the solver's settings (``paratAA.cli.solver_options``).
-        run_dir: the folder to write, or None on processes that do not write.
+        run: the run's folder (its ``path`` is None on processes that do not write).
         decode, save_steps, description: see ``RunRecorder``.
         sample_info: per-sample fields for the summary.
+        subfolder: record into ``<run>/<subfolder>`` (created) instead of the run folder itself.
         sequential_fn: with ``--check_sequential``: returns the sequential sampler's final latents
             (B, *latent); it is timed and compared with the parallel result (main process only).
         extra: top-level fields to add to the summary.
 
     Returns:
-        The solve's result, and the summary written (None on other processes).
+        The solve's result, and the completed summary (None on other processes).
 
     Raises:
         UsageError: the solver rejected an argument.
@@ -244,27 +270,30 @@ def run_solve(
     num_steps = schedule.num_steps
     solved_steps = variation_steps if init_trajectory is not None and variation_steps else num_steps
     recorder = None
-    if run_dir is not None:
+    if run.path is not None:
+        folder = run.path if subfolder is None else run.path / subfolder
+        folder.mkdir(exist_ok=True)
         start_x0 = noise[:, num_steps] if init_trajectory is None else init_trajectory[:, 0]
-        total = min(solved_steps, options.get("max_iters") or solved_steps)
-        recorder = RunRecorder(run_dir, decode, start_x0, total, save_steps, description)
+        recorder = run.track(RunRecorder(folder, decode, start_x0, solved_steps, sample_info, save_steps,
+                                         description, {"num_steps": num_steps, "solved_steps": solved_steps,
+                                                       **(extra or {})}))
     with user_errors(ValueError):
         result = solve(eps_fn, schedule, noise, **options, init_trajectory=init_trajectory,
                        variation_steps=variation_steps,
                        callback=recorder.on_iteration if recorder is not None else None)
     if recorder is None:
         return result, None
-    extra = {"num_steps": num_steps, "solved_steps": solved_steps, **(extra or {})}
-    comparisons = None
-    if sequential_fn is not None:
-        start = time.perf_counter()
-        reference = sequential_fn()
-        seconds = time.perf_counter() - start
-        comparisons = compare_with_sequential(result.samples, reference, decode, seconds)
-        extra.update(sequential_max_abs_diff=max(c["sequential_max_abs_diff"] for c in comparisons),
-                     sequential_psnr_db=min(c["sequential_psnr_db"] for c in comparisons),
-                     sequential_seconds=seconds)
-    return result, recorder.finish(result, sample_info, extra, comparisons)
+    recorder.finish(result)
+    if sequential_fn is None:
+        return result, recorder.complete()
+    start = time.perf_counter()
+    reference = sequential_fn()
+    seconds = time.perf_counter() - start
+    comparisons = compare_with_sequential(result.samples, reference, decode, seconds)
+    return result, recorder.complete(
+        {"sequential_max_abs_diff": max(c["sequential_max_abs_diff"] for c in comparisons),
+         "sequential_psnr_db": min(c["sequential_psnr_db"] for c in comparisons), "sequential_seconds": seconds},
+        comparisons)
 
 
 def print_report(summary: dict[str, Any], run_dir: Path) -> None:
@@ -274,17 +303,22 @@ def print_report(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 class RunRecorder:
-    """Writes one solve's metrics, images and summary into a run folder and shows progress.
+    """Writes one solve's metrics, images and summary into a folder and shows progress.
 
-    Pass ``recorder.on_iteration`` as the solver's ``callback``, then call ``finish``.
+    Pass ``recorder.on_iteration`` as the solver's ``callback``, then call ``finish`` and ``complete``.
+    ``summary.json`` is written at once and after every iteration with status ``"running"`` and the
+    numbers so far; ``complete`` marks it ``"completed"``, ``abort`` ``"interrupted"`` or ``"failed"``.
+    Sample folders are created when their first image is written.
 
     Args:
         run_dir: the (existing) folder to write into.
         decode: latents (n, *latent) -> n PIL images.
         start_x0: (B, *latent) the estimate of x0 before the first iteration (saved as step_0).
-        total_iterations: the progress bar's length (the iteration cap).
+        solved_steps: the steps being solved (the progress bar counts those that are final).
+        sample_info: per-sample fields for the summary (see ``solve_summary``).
         save_steps: write ``step_<j>.png`` and the GIF (else only the final image).
         description: the progress bar's label.
+        extra: top-level fields of the summary.
     """
 
     def __init__(
@@ -292,25 +326,38 @@ class RunRecorder:
         run_dir: Path,
         decode: Decode,
         start_x0: torch.Tensor,
-        total_iterations: int,
+        solved_steps: int,
+        sample_info: Sequence[dict[str, Any]],
         save_steps: bool = True,
         description: str = "ParaTAA",
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.decode = decode
         self.save_steps = save_steps
+        self.sample_info = list(sample_info)
+        self.extra = dict(extra or {})
+        self.status = RUNNING
+        self.records: list[IterationRecord] = []
+        self.summary = self._summary()
         self.num_samples = start_x0.shape[0]
         self._steps_saved = [0] * self.num_samples
+        self._solved_steps = solved_steps
         self._metrics = (run_dir / "metrics.jsonl").open("w")
-        for k in range(self.num_samples):
-            self.sample_dir(k).mkdir(exist_ok=True)
+        write_status(run_dir, RUNNING, self.summary)
         if save_steps:
             self._save_steps(start_x0, range(self.num_samples))
-        self._bar = tqdm(total=total_iterations, desc=description, unit="iter", dynamic_ncols=True)
+        self._bar = tqdm(total=solved_steps, desc=description, unit="step", dynamic_ncols=True)
 
     def sample_dir(self, k: int) -> Path:
-        """Folder of sample ``k``."""
-        return self.run_dir / f"sample_{k}"
+        """Folder of sample ``k`` (created on first use)."""
+        folder = self.run_dir / f"sample_{k}"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def _summary(self, per_sample: Sequence[dict[str, Any]] | None = None, seconds: float | None = None,
+                 **fields: Any) -> dict[str, Any]:
+        return {**solve_summary(self.records, self.sample_info, per_sample, seconds), **self.extra, **fields}
 
     def _save_steps(self, x0: torch.Tensor, samples: Sequence[int]) -> None:
         if not samples:
@@ -321,49 +368,151 @@ class RunRecorder:
             self._steps_saved[k] += 1
 
     def on_iteration(self, record: IterationRecord) -> None:
-        """Solver callback: log the iteration, save the images of samples still being solved."""
-        self._metrics.write(json.dumps(record_to_json(record)) + "\n")
-        self._metrics.flush()
+        """Solver callback: log the iteration, update the summary, save the images of samples still being solved."""
+        line = json.dumps(record_to_json(record), allow_nan=False) + "\n"
+        with signals_deferred():  # metrics.jsonl and summary.json always count the same iterations
+            self._metrics.write(line)
+            self._metrics.flush()
+            self.records.append(replace(record, x0=None))
+            self.summary = self._summary()
+            write_status(self.run_dir, RUNNING, self.summary)
         if self.save_steps:
             active = [k for k, window in enumerate(record.windows) if window is not None]
             self._save_steps(record.x0, active)
         residuals = [r for r in record.max_residual if r is not None]
-        self._bar.set_postfix(
-            frontier=max(record.frontier), residual=f"{max(residuals):.2e}" if residuals else "-", refresh=False
-        )
-        self._bar.update(1)
+        self._bar.set_postfix(iteration=record.iteration, residual=f"{max(residuals):.2e}" if residuals else "-",
+                              refresh=False)
+        self._bar.update(self._solved_steps - max(record.frontier) - self._bar.n)  # steps now final
 
-    def finish(
-        self,
-        result: SolveResult,
-        sample_info: Sequence[dict[str, Any]],
-        extra: dict[str, Any] | None = None,
-        per_sample: Sequence[dict[str, Any]] | None = None,
-    ) -> dict[str, Any]:
-        """Close the bar; write final images, GIFs, latents and ``summary.json``.
+    def finish(self, result: SolveResult) -> None:
+        """Close the bar and the metrics; write final images, GIFs and latents; the summary stays "running".
 
         Args:
             result: the finished solve.
-            sample_info, per_sample: per-sample fields for the summary (see ``solve_summary``).
-            extra: top-level fields to add to the summary.
-
-        Returns:
-            The summary that was written.
         """
-        self._bar.close()
-        self._metrics.close()
+        self._close()
         samples = result.samples.detach().cpu()
         for k, image in enumerate(self.decode(samples.float())):
             image.save(self.sample_dir(k) / "final.png")
             if self.save_steps:
                 self._write_gif(k)
         save_file({"samples": samples.double().contiguous()}, str(self.run_dir / "latents.safetensors"))
-        summary = {**solve_summary(result, sample_info, per_sample), **(extra or {})}
-        write_json(self.run_dir / "summary.json", summary)
-        return summary
+        self.records = list(result.records)
+        self.summary = self._summary(seconds=result.seconds)
+        write_status(self.run_dir, RUNNING, self.summary)
+
+    def complete(self, fields: dict[str, Any] | None = None,
+                 per_sample: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Mark the summary "completed", adding ``fields`` (top level) and ``per_sample`` (per sample).
+
+        Returns:
+            The summary written (without the status).
+        """
+        seconds = self.summary["seconds"]
+        self.summary = self._summary(per_sample, seconds, **(fields or {}))
+        self.status = COMPLETED
+        write_status(self.run_dir, COMPLETED, self.summary)
+        return self.summary
+
+    def abort(self, status: str, error: str) -> None:
+        """Mark the summary ``status`` ("interrupted" or "failed") with what was done so far."""
+        self._close()
+        self.status = status
+        write_status(self.run_dir, status, self.summary, error)
+
+    def _close(self) -> None:
+        self._bar.close()
+        self._metrics.close()
 
     def _write_gif(self, k: int) -> None:
-        frames = [Image.open(self.sample_dir(k) / f"step_{j}.png") for j in range(self._steps_saved[k])]
-        durations = [GIF_FRAME_MS] * (len(frames) - 1) + [GIF_LAST_FRAME_MS]
+        count = self._steps_saved[k]
+        frames = [gif_frame(Image.open(self.sample_dir(k) / f"step_{j}.png"), j, count) for j in range(count)]
+        durations = [GIF_FRAME_MS] * (count - 1) + [GIF_LAST_FRAME_MS]
         frames[0].save(self.sample_dir(k) / "evolution.gif", save_all=True, append_images=frames[1:],
                        duration=durations, loop=0)
+
+
+def gif_frame(image: Image.Image, index: int, count: int) -> Image.Image:
+    """``image`` above a progress strip showing frame ``index`` of ``count``.
+
+    Pillow drops a GIF frame equal to the one before it (merging their durations), and a converged
+    sample's last step images are often identical; the strip makes consecutive frames differ, so
+    the GIF keeps one frame per step image: its length grows with ``index`` and its shade
+    alternates (for more frames than the image has columns).
+    """
+    strip = max(2, image.height // 32)
+    frame = Image.new("RGB", (image.width, image.height + strip))
+    frame.paste(image.convert("RGB"), (0, 0))
+    length = max(1, round(image.width * (index + 1) / count))
+    shade = 255 if index % 2 == 0 else 160
+    ImageDraw.Draw(frame).rectangle([0, image.height, length - 1, image.height + strip - 1], fill=(shade,) * 3)
+    return frame
+
+
+class RunFolder:
+    """A run's folder, whose ``summary.json`` always says how the run ended.
+
+    Entering creates the folder under ``output_path`` (``create_run_dir``) and marks it "running";
+    with ``output_path`` None (processes that do not write) ``path`` stays None and nothing is written.
+    Recorders of the run are ``track`` ed. Leaving with an exception marks every unfinished recorder's
+    summary and the folder's own "interrupted" (SIGINT, SIGTERM) or "failed", with the error's line
+    and what was done so far, and raises ``RunAborted`` (which names the folder) from it. A script
+    whose summary is not a recorder's (one solve in a subfolder per phase) writes it with ``complete``.
+
+    Args:
+        output_path: the parent folder, or None.
+        name: the run's name (see ``create_run_dir``).
+        fp16: the network runs in float16: a ``NonFiniteError`` then suggests trying without ``--fp16``.
+    """
+
+    def __init__(self, output_path: str | Path | None, name: str, *, fp16: bool = False):
+        self._output_path, self._name, self._fp16 = output_path, name, fp16
+        self.path: Path | None = None
+        self.fields: dict[str, Any] = {}  # the folder's own summary so far (when no recorder writes into it)
+        self.recorders: list[RunRecorder] = []
+
+    def __enter__(self) -> "RunFolder":
+        if self._output_path is not None:
+            self.path = create_run_dir(self._output_path, self._name)
+            write_status(self.path, RUNNING, {})
+        return self
+
+    def track(self, recorder: RunRecorder) -> RunRecorder:
+        """Register a recorder writing into this run (returned)."""
+        self.recorders.append(recorder)
+        return recorder
+
+    def complete(self, summary: dict[str, Any]) -> None:
+        """Write the folder's own summary, marked "completed"."""
+        self.fields = dict(summary)
+        if self.path is not None:
+            write_status(self.path, COMPLETED, self.fields)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> bool:
+        if error is None or not isinstance(error, (Exception, KeyboardInterrupt, Interrupted)):
+            return False
+        cause = error
+        if self._fp16 and isinstance(error, NonFiniteError):
+            cause = NonFiniteError(f"{error} (with --fp16, try without it)")
+        if self.path is None:
+            if cause is error:
+                return False
+            raise cause from error
+        status = INTERRUPTED if isinstance(cause, (KeyboardInterrupt, Interrupted)) else FAILED
+        line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        message = f"{type(cause).__name__}: {line}" if line else type(cause).__name__
+        with signals_ignored():  # marking the folder must not be cut short by a second Ctrl-C
+            for recorder in self.recorders:
+                if recorder.status == RUNNING:
+                    recorder.abort(status, message)
+            write_status(self.path, status, self._summary_so_far(), message)
+        raise RunAborted(cause, self.path, status) from error
+
+    def _summary_so_far(self) -> dict[str, Any]:
+        """The folder's summary: its own recorder's, else its fields plus each subfolder recorder's."""
+        for recorder in self.recorders:
+            if recorder.run_dir == self.path:
+                return recorder.summary
+        parts = {r.run_dir.name: {"status": r.status, **r.summary} for r in self.recorders}
+        return {**self.fields, **parts}

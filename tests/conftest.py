@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def library_loggers():
+    """Import diffusers and transformers once, before any test's ``capsys`` replaces ``sys.stderr``.
+
+    Their log handlers keep the ``sys.stderr`` of their first import. The entry scripts import them
+    only after parsing their flags; imported first inside a test, the handlers would write to that
+    test's closed capture later ("--- Logging error ---").
+    """
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
+
 @pytest.fixture(scope="session")
 def tiny_dit_dir(tmp_path_factory) -> str:
     """A saved tiny ``DiTPipeline`` directory (``models.tiny``), written once per test session."""

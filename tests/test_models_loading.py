@@ -8,9 +8,12 @@ from models.loading import ModelLoadError, load_pretrained, resolve_location
 
 
 def test_existing_paths_are_local(tmp_path):
-    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "model.pt").write_bytes(b"weights")
     assert resolve_location(str(tmp_path), "model_path") == ("local", str(tmp_path))
     assert resolve_location(str(tmp_path / "model.pt"), "model_path") == ("local", str(tmp_path / "model.pt"))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="model_path: .* is an empty file"):
+        resolve_location(str(tmp_path / "empty.pt"), "model_path")
 
 
 @pytest.mark.parametrize("location", ["facebook/DiT-XL-2-256", "stable-diffusion-v1-5/stable-diffusion-v1-5", "gpt2"])

@@ -97,7 +97,7 @@ def _check_run_folder(run: Path, num_samples: int, num_steps: int, config_dir: P
         final = Image.open(run / f"sample_{k}" / "final.png")
         assert final.size == Image.open(steps[0]).size and final.mode == "RGB"
         gif = Image.open(run / f"sample_{k}" / "evolution.gif")
-        assert 2 <= gif.n_frames <= len(steps)  # GIF merges identical consecutive frames
+        assert gif.n_frames == len(steps)  # one frame per step image (identical images are not merged)
         # The last step image is the decoded final sample.
         assert list(Image.open(run / f"sample_{k}" / f"step_{sample['iterations']}.png").get_flattened_data()) == \
             list(final.get_flattened_data())
