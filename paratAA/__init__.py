@@ -12,6 +12,7 @@ argument parsing, ``--help``) does not pay for importing torch.
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.util import find_spec
 from typing import Any
 
 # public name -> the module that defines it
@@ -27,9 +28,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    elif find_spec(f"{__name__}.{name}") is not None:  # a submodule: ``paratAA.solver`` works without importing it
+        value = import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module 'paratAA' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

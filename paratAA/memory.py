@@ -129,7 +129,7 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, culprits: Mapping
     if capacity is None or estimate.total * sharing <= capacity:
         return
     culprit = culprits[estimate.largest_part()]
-    per_process = f" per process ({sharing} share it)" if sharing > 1 else ""
+    per_process = f" in each of the {sharing} processes sharing it" if sharing > 1 else ""
     raise ValueError(f"{culprit} needs {estimate.describe()} of float64 solver state{per_process}, more than "
                      f"the {format_bytes(capacity)} of memory of this {device.type} device: lower it")
 

@@ -25,7 +25,7 @@ import parallel_sd
 import parallel_sd_winit
 from paratAA import NonFiniteError
 from paratAA.cli import Interrupted, RunAborted, failure_report, run_cli
-from paratAA.runs import RunFolder, RunRecorder
+from paratAA.runs import RunFolder, RunRecorder, compare_with_sequential
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -116,6 +116,12 @@ def test_overflow_stops_with_a_failed_summary_and_strict_json(extra, tmp_path, c
     for line in (run / "metrics.jsonl").read_text().splitlines():
         strict_json(line)
     strict_json((run / "config.json").read_text())
+
+
+def test_a_non_finite_sequential_reference_is_an_error_not_invalid_json() -> None:
+    latents = torch.zeros(1, 4, 2, 2)
+    with pytest.raises(NonFiniteError, match="--check_sequential"):
+        compare_with_sequential(latents, latents * float("nan"), lambda x: [], sequential_seconds=1.0)
 
 
 def test_the_fp16_hint_only_with_fp16(tmp_path) -> None:
