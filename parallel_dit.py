@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
 from models.defaults import DEFAULT_DIT, GUIDANCE_RULES
 from models.loading import ModelLoadError, resolve_location
-from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, run_cli,
+from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, flag_checks, run_cli,
                          user_errors, validate_common)
 
 if TYPE_CHECKING:
@@ -81,13 +81,14 @@ def resolve_labels(class_labels: list[int] | None, num_samples: int | None, seed
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse and check every flag, then sample."""
-    args = build_parser().parse_args(argv)
-    args.num_samples = sample_count(args.class_labels, args.num_samples)
-    device = validate_common(args, DEFAULTS)
-    with user_errors(ModelLoadError):
-        resolve_location(args.model_path, "model_path")
-        if args.vae_path is not None:
-            resolve_location(args.vae_path, "vae_path")
+    with flag_checks():
+        args = build_parser().parse_args(argv)
+        args.num_samples = sample_count(args.class_labels, args.num_samples)
+        device = validate_common(args, DEFAULTS)
+        with user_errors(ModelLoadError):
+            resolve_location(args.model_path, "model_path")
+            if args.vae_path is not None:
+                resolve_location(args.vae_path, "vae_path")
     sample(args, device)
 
 

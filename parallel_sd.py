@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
 from models.defaults import DEFAULT_SD
 from models.loading import ModelLoadError, resolve_location
-from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, require_prompt, run_cli,
-                         user_errors, validate_common)
+from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, flag_checks, require_prompt,
+                         run_cli, user_errors, validate_common)
 
 if TYPE_CHECKING:
     import torch
@@ -38,11 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse and check every flag, then sample."""
-    args = build_parser().parse_args(argv)
-    device = validate_common(args, DEFAULTS)
-    require_prompt("--prompt", args.prompt)
-    with user_errors(ModelLoadError):
-        resolve_location(args.model_path, "model_path")
+    with flag_checks():
+        args = build_parser().parse_args(argv)
+        device = validate_common(args, DEFAULTS)
+        require_prompt("--prompt", args.prompt)
+        with user_errors(ModelLoadError):
+            resolve_location(args.model_path, "model_path")
     sample(args, device)
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from models.defaults import DEFAULT_SD
 from models.loading import ModelLoadError, resolve_location
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, fit_default,
-                         require_prompt, run_cli, user_errors, validate_common)
+                         flag_checks, require_prompt, run_cli, user_errors, validate_common)
 
 if TYPE_CHECKING:
     import torch
@@ -53,15 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse and check every flag, then sample."""
-    args = build_parser().parse_args(argv)
-    device = validate_common(args, DEFAULTS)
-    require_prompt("--prompt1", args.prompt1)
-    require_prompt("--prompt2", args.prompt2)
-    fit_default(args, "variation_steps", min(DEFAULT_VARIATION_STEPS, args.timesteps))
-    if not 1 <= args.variation_steps <= args.timesteps:
-        raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] (got {args.variation_steps})")
-    with user_errors(ModelLoadError):
-        resolve_location(args.model_path, "model_path")
+    with flag_checks():
+        args = build_parser().parse_args(argv)
+        device = validate_common(args, DEFAULTS)
+        require_prompt("--prompt1", args.prompt1)
+        require_prompt("--prompt2", args.prompt2)
+        fit_default(args, "variation_steps", min(DEFAULT_VARIATION_STEPS, args.timesteps))
+        if not 1 <= args.variation_steps <= args.timesteps:
+            raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] "
+                             f"(got {args.variation_steps})")
+        with user_errors(ModelLoadError):
+            resolve_location(args.model_path, "model_path")
     sample(args, device)
 
 

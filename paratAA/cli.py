@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ USAGE_EXIT = 2
 RUNTIME_EXIT = 1
 SIGNAL_EXIT_BASE = 128  # a run stopped by signal N exits 128 + N (130 for SIGINT, 143 for SIGTERM)
 TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (models.tiny)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class UsageError(Exception):
@@ -410,7 +412,7 @@ def signals_raise_interrupted() -> Iterator[None]:
         ignore_signals()
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
@@ -419,29 +421,54 @@ def signals_raise_interrupted() -> Iterator[None]:
 
 
 @contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred(drop_on_error: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM arriving within the block take effect at its end (files written together stay
-    consistent: a metrics line and the summary that counts it). Without ``pthread_sigmask``, no deferral."""
-    if not hasattr(signal, "pthread_sigmask"):
+    consistent: a metrics line and the summary that counts it).
+
+    The signal is only noted (in Python, so other threads receiving it change nothing) and raised
+    again after the block, to the handler that was there before; with ``drop_on_error`` it is
+    dropped when the block fails. Outside the main thread (no signal handlers there) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _STOP_SIGNALS}
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received and not (failed and drop_on_error):
+            signal.raise_signal(received[0])
+
+
+@contextmanager
+def flag_checks() -> Iterator[None]:
+    """Wrap a script's parsing and flag checks: SIGINT and SIGTERM wait until they are done.
+
+    Under a launch, the launcher SIGTERMs every process as soon as one exits; a process still
+    checking would die with -15 instead of finding the same mistake. Deferred, the signal is
+    dropped when the checks fail (the process exits 2 like the others) and delivered when they pass.
+    """
+    with signals_deferred(drop_on_error=True):
+        yield
 
 
 def ignore_signals() -> None:
     """Ignore SIGINT and SIGTERM from now on (while a stop is being recorded and reported)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
 @contextmanager
 def signals_ignored() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM within the block (a run that is already stopping is being recorded)."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     ignore_signals()
     try:
         yield

@@ -24,7 +24,7 @@ import parallel_dit
 import parallel_sd
 import parallel_sd_winit
 from paratAA import NonFiniteError
-from paratAA.cli import Interrupted, RunAborted, failure_report, run_cli
+from paratAA.cli import Interrupted, RunAborted, UsageError, failure_report, flag_checks, run_cli
 from paratAA.runs import RunFolder, RunRecorder, compare_with_sequential
 
 REPO = Path(__file__).resolve().parents[1]
@@ -258,6 +258,20 @@ def test_a_signal_gives_one_line_and_an_interrupted_summary(sig, status, tmp_pat
     assert signal.getsignal(sig) is previous  # run_cli restored the handler
     assert code == status and stdout == ""
     _check_interrupted(lines, run_folders(tmp_path), signal.Signals(sig).name)
+
+
+@pytest.mark.parametrize("mistake, status", [(True, 2), (False, 143)], ids=["mistake", "no-mistake"])
+def test_a_launchers_sigterm_waits_for_the_flag_checks(mistake, status, capsys) -> None:
+    """Under a launch the others are SIGTERMed once one process exits: one still checking its flags
+    finishes them, exits 2 for the same mistake, and only stops for the signal if there was none."""
+    def main(argv):
+        with flag_checks():
+            os.kill(os.getpid(), signal.SIGTERM)
+            if mistake:
+                raise UsageError("--order (5) must not exceed --window_size (3)")
+
+    assert run_cli(main, []) == status
+    assert ("--order" if mistake else "interrupted by SIGTERM") in capsys.readouterr().err
 
 
 def _check_interrupted(lines: list[str], runs: list[Path], signal_name: str) -> None:
