@@ -26,7 +26,9 @@ from paratAA.schedule import Schedule
 from paratAA.validation import checked_output, synchronize
 from paratAA.window import SlidingWindow
 
-__all__ = ["BatchSolver", "EpsFn", "IterationRecord", "SampleStrategy", "SolveResult"]
+__all__ = ["INIT_RULES", "BatchSolver", "EpsFn", "IterationRecord", "SampleStrategy", "SolveResult"]
+
+INIT_RULES = ("copy", "denoised")  # how steps joining a window are initialised (SampleStrategy)
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps_fn(x, steps, samples) -> out``: network output for each row.
@@ -101,9 +103,17 @@ class SampleStrategy:
 
     Holds what every strategy shares: the sample's trajectory ``x`` (a view into the batch's
     ``(T+1, *latent)`` state), its noise ``z``, the schedule, the ``SlidingWindow`` and the
-    counters. Steps joining the window start as a copy of the lowest initialised latent
-    (``window.initialized_from``); subclasses may add to that in ``_joined`` (e.g. reset a history).
-    Subclasses implement ``update``.
+    counters. Subclasses implement ``update`` (and may extend ``_joined``, e.g. to reset a history).
+
+    Steps joining the window start from the lowest initialised latent ``x[f]``,
+    ``f = window.initialized_from``, by one of two rules (``init``):
+
+    - ``"copy"``: a copy of ``x[f]`` (the paper's rule and ParaDiGMS's);
+    - ``"denoised"``: the sampler's own steps from ``x[f]`` downwards with the predicted sample
+      ``x0_hat`` held fixed (ParaSolver's initialisation, Lu et al. 2025): step ``j`` uses the
+      network output that predicts ``x0_hat`` from ``x[j+1]``. ``x0_hat`` is the prediction of
+      the latest network call at the window's lowest step (``remember_denoised``); before any
+      call, the copy rule is used. No network calls; only the starting point changes.
 
     Args:
         x: float64 ``(T+1, *latent)`` view of this sample's trajectory.
@@ -115,8 +125,11 @@ class SampleStrategy:
     """
 
     def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, window_size: int, frontier: int,
-                 initialized_from: int):
-        self.x, self.z, self.schedule = x, z, schedule
+                 initialized_from: int, init: str = "copy"):
+        if init not in INIT_RULES:
+            raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
+        self.x, self.z, self.schedule, self.init = x, z, schedule, init
+        self._denoised: torch.Tensor | None = None
         self.window = SlidingWindow(window_size, frontier, initialized_from)
         self.iterations = 0
         self.evaluations = 0
@@ -147,6 +160,13 @@ class SampleStrategy:
         lo, hi = self.window.bounds
         return step_offset(self.schedule.b[lo:hi], self.schedule.c[lo:hi], out, self.z[lo:hi])
 
+    def remember_denoised(self, out: torch.Tensor) -> None:
+        """Keep the predicted sample of the window's lowest step (call before the window's x changes)."""
+        if self.init == "denoised":
+            lo, _ = self.window.bounds
+            p, q = self.schedule.denoised_coefficients()
+            self._denoised = p[lo] * self.x[lo + 1] + q[lo] * out[0]
+
     def advance(self, new_frontier: int) -> None:
         """Count the iteration, move the frontier, initialise the steps joining the window."""
         lo, hi = self.window.bounds
@@ -160,9 +180,20 @@ class SampleStrategy:
             return
         lowest = self.window.initialized_from
         if steps.start < lowest:
-            self.x[steps.start:lowest] = self.x[lowest]
+            if self._denoised is None:
+                self.x[steps.start:lowest] = self.x[lowest]
+            else:
+                self._denoised_chain(steps.start, lowest)
             self.window.initialized_from = steps.start
         self._joined(steps)
+
+    def _denoised_chain(self, start: int, top: int) -> None:
+        """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed."""
+        s = self.schedule
+        p, q = s.denoised_coefficients()
+        for j in range(top - 1, start - 1, -1):
+            out = (self._denoised - p[j] * self.x[j + 1]) / q[j]
+            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j])
 
     def _joined(self, steps: range) -> None:
         """Hook for subclasses: ``steps`` just joined the window."""

@@ -45,20 +45,36 @@ from paratAA.equations import first_order_residual, increment_map, rms
 from paratAA.schedule import Schedule
 from paratAA.validation import is_int, validate_noise
 
-__all__ = ["solve_paradigms", "DEFAULT_TOLERANCE"]
+__all__ = ["DEFAULT_TOLERANCE", "PicardSample", "solve_paradigms"]
 
 # diffusers' StableDiffusionParadigmsPipeline default (``tolerance=0.1``); its default window is 10.
 DEFAULT_TOLERANCE = 0.1
 
 
-class _PicardSample(SampleStrategy):
-    """ParaDiGMS's update of one sample's window: Picard step, then the stride rule (module docstring)."""
+class PicardSample(SampleStrategy):
+    """Picard update and stride rule of one sample's window (the module docstring's steps 1-4).
+
+    Shared with ParaSolver (``paratAA.parasolver``), whose Newton step with the network's Jacobian
+    taken as the identity is this same update; it differs in ``init="denoised"``, in a few
+    sequential warm-up steps and in the error bound of the last latents.
+
+    Args:
+        x, z, schedule: as for ``SampleStrategy``.
+        window_size: steps per window after the warm-up.
+        error_bound: float64 ``(T,)``: ``x[p]`` counts as changed when its mean squared change
+            exceeds ``error_bound[p]``.
+        init: how joining steps are initialised (``SampleStrategy``).
+        warmup_steps: the first iterations evaluate a window of one step (sequential steps, exact);
+            then the window takes its full size.
+    """
 
     def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, window_size: int,
-                 error_bound: torch.Tensor):
+                 error_bound: torch.Tensor, init: str = "copy", warmup_steps: int = 0):
         self.error_bound = error_bound
+        self.full_size = window_size
+        self.warmup_steps = min(warmup_steps, schedule.num_steps)
         num_steps = schedule.num_steps
-        super().__init__(x, z, schedule, window_size, num_steps, num_steps)
+        super().__init__(x, z, schedule, 1 if self.warmup_steps else window_size, num_steps, num_steps, init)
 
     def update(self, out: torch.Tensor) -> float:
         lo, hi = self.window.bounds
@@ -67,11 +83,15 @@ class _PicardSample(SampleStrategy):
         g = self.step_offsets(out)
         old = self.x[lo:hi]
         residual = float(rms(first_order_residual(old, x_above, a, g)).max())
+        self.remember_denoised(out)
         # Picard: x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1]), the full-order increment map.
         new = increment_map(x_above, a, g, hi - lo)
         error = (new - old).flatten(1).pow(2).mean(1)
         self.x[lo:hi] = new
         self.advance(_next_frontier(error, self.error_bound[lo:hi], self.window.size, lo, hi))
+        if self.iterations == self.warmup_steps and self.window.size != self.full_size:
+            self.window.size = self.full_size  # warm-up over: widen the window, initialise the new steps
+            self._join(range(self.window.bounds[0], self.window.initialized_from))
         return residual
 
 
@@ -110,7 +130,7 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
     # Bound on the squared error of x[p] (p = 0..T-1): tolerance^2 sigma[p-1]^2; x[0] has variance 0.
     variance_next = torch.cat([sched.sigma.new_zeros(1), sched.sigma.pow(2)[:-1]])
     error_bound = tolerance ** 2 * variance_next
-    samples = [_PicardSample(trajectory[k], noise[k], sched, window_size, error_bound)
+    samples = [PicardSample(trajectory[k], noise[k], sched, window_size, error_bound)
                for k in range(noise.shape[0])]
     return BatchSolver(eps_fn, trajectory, samples, max_iters).run(callback)
 
