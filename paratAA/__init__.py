@@ -3,7 +3,8 @@
 Tang, Tang, Luo, Wang, Chang, "Accelerating Parallel Sampling of Diffusion Models", ICML 2024.
 The sampler's whole trajectory is solved as a triangular system of nonlinear equations by
 fixed-point iteration, one batched network call per iteration; converged, the result is the
-sequential sampler's. Index convention: ``paratAA.schedule``; the method: ``paratAA.solver``.
+sequential sampler's. Index convention: ``paratAA.schedule``; the method: ``paratAA.solver``;
+the batch loop every sampler shares: ``paratAA.batch``.
 
 The names below are imported on first use, so that ``import paratAA.cli`` (the entry scripts'
 argument parsing, ``--help``) does not pay for importing torch.
@@ -17,8 +18,9 @@ from typing import Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "EpsFn": "paratAA.solver", "IterationRecord": "paratAA.solver", "SolveResult": "paratAA.solver",
-    "Solver": "paratAA.solver", "sequential": "paratAA.solver", "solve": "paratAA.solver",
+    "EpsFn": "paratAA.batch", "IterationRecord": "paratAA.batch", "SolveResult": "paratAA.batch",
+    "PAPER": "paratAA.solver", "RECOMMENDED": "paratAA.solver", "Solver": "paratAA.solver",
+    "sequential": "paratAA.solver", "solve": "paratAA.solver",
     "NonFiniteError": "paratAA.errors", "Schedule": "paratAA.schedule", "ScheduleError": "paratAA.schedule",
     "sample_noise": "paratAA.noise",
 }

@@ -111,3 +111,13 @@ def test_an_overflowing_solver_state_stops_the_solve(problem):
     with pytest.raises(NonFiniteError, match="solver's state"):
         solve(lambda x, steps, samples: torch.full_like(x, 1e300), schedule, noise, window_size=8, order=4,
               memory_size=2)
+
+
+def test_order_is_checked_against_the_window_asked_for(problem):
+    """The CLI's defaults (window 100, order 100) on a short schedule: both are capped at T, not refused."""
+    schedule, eps_fn, noise = problem
+    capped = solve(eps_fn, schedule, noise, window_size=100, order=100, memory_size=2)
+    exact = solve(eps_fn, schedule, noise, window_size=T, order=T, memory_size=2)
+    assert torch.equal(capped.trajectory, exact.trajectory)
+    with pytest.raises(ValueError, match="order"):
+        solve(eps_fn, schedule, noise, window_size=5, order=6)
