@@ -6,15 +6,16 @@ and exit status 2, never a traceback: checks here raise ``UsageError``; ``user_e
 ``ValueError``s of model loading and of ``paratAA.solve`` into ``UsageError``; ``run_cli`` prints it.
 
 A script validates every flag (``validate_common`` and its own checks) before ``start`` joins the
-process group and loads the model, so all processes of a launch meet a mistake at once; only
-rank 0 prints. SIGINT and SIGTERM raise ``Interrupted``; a run stopped after its folder exists is
-marked there (``paratAA.runs.RunFolder``). Exit statuses: 0; 2 usage; 1 NaN/inf or out of memory;
-130 / 143 interrupted. This module imports torch only inside functions: ``--help`` stays instant.
+process group and loads the model, so all processes of a launch meet a mistake at once; one
+process prints (``is_reporting_process``). SIGINT and SIGTERM raise ``Interrupted``; a run stopped
+after its folder exists is marked there (``paratAA.runs.RunFolder``). Exit statuses: 0; 2 usage;
+1 NaN/inf or out of memory; 130 / 143 interrupted. This module imports torch only inside functions: ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -70,9 +71,38 @@ class RunAborted(Exception):
         self.cause, self.folder, self.status = cause, folder, status
 
 
-def is_reporting_process() -> bool:
-    """True on the one process of a launch that prints errors (rank 0; the only one without a launcher)."""
+class FlagError(UsageError):
+    """A usage error found by ``flag_checks``, before the process group exists (see ``is_reporting_process``)."""
+
+
+def is_reporting_process(first_to_claim: bool = False) -> bool:
+    """True on the one process of a launch that prints (always without a launcher).
+
+    Normally rank 0. For mistakes found while checking flags (``first_to_claim``) it is the first
+    process to get there: the launcher SIGTERMs the others as soon as one exits, and rank 0 may
+    still be starting. The first claims a marker file in the launcher's folder of this launch (per
+    machine); without one (no ``TORCHELASTIC_ERROR_FILE``), rank 0 prints.
+    """
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return True
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if first_to_claim and error_file:
+        claimed = _claim(str(Path(error_file).parent.parent / "paratAA-reporter"))
+        if claimed is not None:
+            return claimed
     return os.environ.get("RANK", "0") == "0"
+
+
+@functools.cache
+def _claim(marker: str) -> bool | None:
+    """Create ``marker`` if nobody has: True for the creator, False for the others; None if impossible."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        return None
 
 
 def tell_launcher(message: str) -> None:
@@ -91,7 +121,7 @@ def tell_launcher(message: str) -> None:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """``ArgumentParser`` for launches of several processes: one-line errors, printed by rank 0 only.
+    """``ArgumentParser`` for launches of several processes: one-line errors, printed by one process only.
 
     Abbreviated flags are refused (``--timestep`` is not ``--timesteps``).
     """
@@ -106,7 +136,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(USAGE_EXIT, line + "\n")
 
     def _print_message(self, message: str, file: Any = None) -> None:  # --help, usage and errors
-        if is_reporting_process():
+        if is_reporting_process(first_to_claim=True):
             super()._print_message(message, file)
 
 
@@ -454,9 +484,13 @@ def flag_checks() -> Iterator[None]:
     Under a launch, the launcher SIGTERMs every process as soon as one exits; a process still
     checking would die with -15 instead of finding the same mistake. Deferred, the signal is
     dropped when the checks fail (the process exits 2 like the others) and delivered when they pass.
+    A mistake found here is a ``FlagError``: the first process to find it prints it.
     """
     with signals_deferred(drop_on_error=True):
-        yield
+        try:
+            yield
+        except UsageError as error:
+            raise FlagError(str(error)) from None
 
 
 def ignore_signals() -> None:
@@ -503,9 +537,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
     """Run a script's ``main`` and turn every expected way of stopping into one line on stderr.
 
-    Only rank 0 of a launch prints; every process returns the same status, and tells the launcher
-    its line (``tell_launcher``). A run stopped after its folder exists has it marked (``RunAborted``)
-    and the line says where. Unexpected errors keep their traceback.
+    One process of a launch prints (``is_reporting_process``); every process returns the same
+    status and tells the launcher its line (``tell_launcher``). A run stopped after its folder
+    exists has it marked (``RunAborted``) and the line says where. Unexpected errors keep their
+    traceback.
 
     Args:
         main: the script body; takes argv (None: ``sys.argv[1:]``).
@@ -530,17 +565,18 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
 
 
 def _report(prog: str, error: BaseException) -> int:
-    """Print ``error``'s line (rank 0), tell the launcher, return the exit status."""
+    """Print ``error``'s line (one process: ``is_reporting_process``), tell the launcher, return the exit status."""
     where = ""
     if isinstance(error, RunAborted):
         where = f" (run folder marked {error.status}: {error.folder})"
         error = error.cause
     report = failure_report(error)
+    reporting = is_reporting_process(first_to_claim=isinstance(error, FlagError))
     if report is None:  # a bug, not a way of stopping: keep the traceback
         report = (RUNTIME_EXIT, f"unexpected error: {type(error).__name__}: {error}")
-        if is_reporting_process():
+        if reporting:
             traceback.print_exception(error)
-    if is_reporting_process():
+    if reporting:
         print(f"{prog}: {report[1]}{where}", file=sys.stderr)
     tell_launcher(f"{prog}: {report[1]}")
     return report[0]

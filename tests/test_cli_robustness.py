@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,17 +185,31 @@ def test_abbreviated_flags_are_refused(capsys) -> None:
     assert exit_info.value.code == 2 and len(lines) == 1 and "--timestep" in lines[0]
 
 
-def test_only_rank_0_prints_and_every_rank_tells_the_launcher(tmp_path, monkeypatch, capsys) -> None:
-    error_file = tmp_path / "error.json"
-    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+def test_one_process_of_a_launch_prints_and_every_one_tells_the_launcher(tmp_path, monkeypatch, capsys) -> None:
+    """Flag mistakes: the first process to find one prints it (rank 0 may still be starting when the
+    launcher SIGTERMs the rest); later errors: rank 0. Every process leaves its line for the launcher."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(SystemExit) as exit_info:  # argparse's error
-        run_cli(parallel_dit.main, ["--timestep", "5"])
-    assert exit_info.value.code == 2 and capsys.readouterr().err == ""
-    assert "--timestep" in strict_json(error_file.read_text())["message"]
-    status = run_cli(parallel_dit.main, ["--model_path", "tiny", "--window_size", "0"])  # a usage error
-    assert status == 2 and capsys.readouterr().err == ""
-    assert "--window_size" in strict_json(error_file.read_text())["message"]
+    for launch, claimed_before in (("first", False), ("second", True)):
+        error_file = tmp_path / launch / "attempt_0" / "1" / "error.json"  # the launcher's layout
+        error_file.parent.mkdir(parents=True)
+        if claimed_before:  # another process of this launch printed already
+            (tmp_path / launch / "attempt_0" / "paratAA-reporter").touch()
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        with pytest.raises(SystemExit) as exit_info:  # argparse's error
+            run_cli(parallel_dit.main, ["--timestep", "5"])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and (err == "") == claimed_before
+        assert "--timestep" in strict_json(error_file.read_text())["message"]
+        assert run_cli(parallel_dit.main, ["--model_path", "tiny", "--window_size", "0"]) == 2
+        err = capsys.readouterr().err
+        assert (err == "") == claimed_before and "--window_size" in strict_json(error_file.read_text())["message"]
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")  # no launcher folder: rank 0 prints
+    assert run_cli(parallel_dit.main, ["--model_path", "tiny", "--window_size", "0"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert run_cli(parallel_dit.main, ["--model_path", "tiny", "--window_size", "0"]) == 2
+    assert "--window_size" in capsys.readouterr().err
 
 
 def test_progress_bar_and_gif_frames(tmp_path, capsys, single_thread) -> None:
@@ -316,4 +331,8 @@ def test_a_usage_error_under_a_launch_is_printed_once_and_every_process_exits_2(
     ours = [line for line in result["stderr"].splitlines() if line.startswith("parallel_dit.py: error:")]
     assert len(ours) == 1 and "--order" in ours[0] and result["runs"] == [], result["stderr"][-3000:]
     report = result["stderr"][result["stderr"].index("ChildFailedError"):]
-    assert report.count("exitcode  : 2 ") == 2 and report.count("traceback : parallel_dit.py: error: --order") == 2
+    codes = re.findall(r"exitcode  : (-?\d+)", report)
+    assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, report
+    # Every process that got to its checks exited 2 and left our line; -15 only for one the launcher
+    # stopped while Python was still starting (before any of this project's code ran), seen under load.
+    assert report.count("traceback : parallel_dit.py: error: --order") == codes.count("2")
