@@ -211,7 +211,6 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
     window_size = num_steps if window_size is None else window_size
     if not is_int(window_size) or window_size < 1:
         raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
-    window_size = min(window_size, num_steps)
     chosen = {"order": order, "memory_size": memory_size, "map_form": map_form, "init": init}
     order, memory_size, map_form, init = (RECOMMENDED[name] if value is None else value
                                           for name, value in chosen.items())
@@ -232,7 +231,8 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
         raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
     if init not in INIT_RULES:
         raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
-    return _Settings(window_size, order, memory_size, float(tol1), float(tol2), float(anderson_lambda),
+    # A window larger than T is capped at T; the order K only ever acts up to the window's length.
+    return _Settings(min(window_size, num_steps), order, memory_size, float(tol1), float(tol2), float(anderson_lambda),
                      bool(reanchor), map_form, init)
 
 
