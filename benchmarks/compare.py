@@ -1,7 +1,7 @@
 """Side by side on one problem, noise and tolerance: sequential, FP, FP+, ParaTAA, ParaDiGMS (and diffusers' own).
 
-Rows: a problem (``gmm``: the analytic Gaussian mixture, latent 4x32x32; ``tiny-dit`` / ``tiny-sd``:
-the tiny random-weight models; ``dit`` / ``sd`` with ``--dit_path`` / ``--sd_path``), a sampler
+Rows: a problem (``gmm``: the analytic Gaussian mixture, latent 4x32x32; ``digits``: the trained
+pixel-space DiT of ``models/digits``; ``tiny-dit`` / ``tiny-sd``: the tiny random-weight models; ``dit`` / ``sd`` with ``--dit_path`` / ``--sd_path``), a sampler
 (DDIM eta 0 or DDPM) with T steps, and a window size. Columns per method: parallel iterations,
 network evaluations (rows; classifier-free guidance's doubled batch counts once), wall-clock and
 its ratio to the sequential sampler, the largest absolute latent difference from the sequential
@@ -55,7 +55,7 @@ QUICK_PLAN = {
     "tiny-dit": [("ddim", 25, [25]), ("ddpm", 100, [25])],
     "tiny-sd": [("ddim", 25, [8, 25]), ("ddpm", 100, [25])],
 }
-PROBLEMS = ("gmm", "tiny-dit", "tiny-sd", "dit", "sd")
+PROBLEMS = ("gmm", "digits", "tiny-dit", "tiny-sd", "dit", "sd")
 DIFFUSERS_DEFAULT_TOLERANCE = 0.1
 PSNR_CAP_DB = 100.0
 
@@ -105,13 +105,15 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         gmm = gaussian_mixture_problem((4, 32, 32), num_components=8, seed=args.seed)
         config = DDIMScheduler().config  # linear betas 1e-4..0.02, leading spacing, final alpha 1 (DiT's schedule)
         return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _ordinary_scheduler(config, s, t))
-    if name in ("tiny-dit", "dit"):
+    if name in ("tiny-dit", "dit", "digits"):
         from models import load_dit
 
         if name == "dit" and not args.dit_path:
             raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
-        dit = load_dit("tiny" if name == "tiny-dit" else args.dit_path, None, device, args.fp16)
-        labels = torch.tensor([(207 + 100 * k) % 1000 for k in range(args.samples)])
+        dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device, args.fp16)
+        # digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
+        labels = torch.tensor([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
+                               for k in range(args.samples)])
         config = dit.make_scheduler(10).config
         return Problem(name, dit.latent_shape,
                        lambda schedule: dit.eps_fn(labels, args.cfg_scale, "all", schedule=schedule),

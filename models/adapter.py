@@ -41,10 +41,10 @@ class LatentDiffusionAdapter:
             included); settable.
         schedule: the schedule of the latest ``make_schedule`` call, used by ``eps_fn`` when it is
             not given one (None before the first call).
-        vae: the pipeline's ``AutoencoderKL``.
+        vae: the pipeline's ``AutoencoderKL``; None for a pixel-space model (the sample is the image).
     """
 
-    def __init__(self, model_id: str, vae: AutoencoderKL, scheduler_config: Any, ddim_overrides: dict,
+    def __init__(self, model_id: str, vae: AutoencoderKL | None, scheduler_config: Any, ddim_overrides: dict,
                  latent_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, max_batch_size: int):
         if not (isinstance(max_batch_size, int) and max_batch_size >= 2):
             raise ValueError(f"max_batch_size must be an int >= 2, got {max_batch_size!r}")
@@ -136,21 +136,26 @@ class LatentDiffusionAdapter:
     # ---------------------------------------------------------------------------------------- decode
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[PIL.Image.Image]:
-        """Decode latents with the VAE: ``vae.decode(latents / scaling_factor)``, mapped from [-1, 1] to RGB.
+        """Latents to images: ``vae.decode(latents / scaling_factor)``, or the latents themselves
+        for a pixel-space model (no VAE); either way mapped from [-1, 1] to 8-bit pixels.
 
         Args:
             latents: ``(n, *latent_shape)``, any float dtype and device.
 
         Returns:
-            ``n`` RGB PIL images.
+            ``n`` PIL images: RGB, or grey ("L") for one-channel pixel-space models.
         """
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents: expected shape (n, {', '.join(map(str, self.latent_shape))}), "
                              f"got {tuple(latents.shape)}")
         images: list[PIL.Image.Image] = []
         for rows in self._row_chunks(latents.shape[0], 1):
-            z = latents[rows].to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-            pixels = (self.vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
+            if self.vae is None:
+                decoded = latents[rows].float()
+            else:
+                z = latents[rows].to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
+                decoded = self.vae.decode(z).sample.float()
+            pixels = (decoded / 2 + 0.5).clamp(0, 1)
             array = (pixels.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-            images.extend(PIL.Image.fromarray(a) for a in array)
+            images.extend(PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array)
         return images

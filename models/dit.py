@@ -2,14 +2,18 @@
 
 ``load_dit`` accepts a hub id (default ``facebook/DiT-XL-2-256``), a local diffusers pipeline
 directory, a local transformer-only directory, an original DiT ``.pt`` checkpoint (converted by
-``models.dit_checkpoint``) or ``"tiny"``. Sampling uses DDIM with DiT's own respacing: diffusers'
+``models.dit_checkpoint``), ``"tiny"`` or ``"digits"`` (the small trained pixel-space model shipped in
+``models/digits``). A pipeline directory whose ``model_index.json`` lists ``"vae": [null, null]``
+is a pixel-space model: no VAE, the sample is the image. Sampling uses DDIM with DiT's own respacing: diffusers'
 ``linspace`` timesteps and a final alpha of 1 (ALGORITHM.md section 6), no clipping.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
@@ -21,12 +25,15 @@ from .dit_checkpoint import load_dit_checkpoint
 from .loading import ModelLoadError, load_pretrained, resolve_location
 from .tiny import DIT_SCHEDULER_CONFIG, tiny_pipeline
 
-__all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "GUIDANCE_RULES", "DiTAdapter", "load_dit"]
+__all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "DIGITS_MODEL", "GUIDANCE_RULES", "DiTAdapter", "load_dit"]
 
 DEFAULT_DIT = "facebook/DiT-XL-2-256"
 # The VAE the DiT authors sample with (their sample.py default); used when the model brings none.
 DEFAULT_DIT_VAE = "stabilityai/sd-vae-ft-ema"
 GUIDANCE_RULES = ("all", "original")
+# --model_path digits: the trained pixel-space DiT in this folder (training/train_digits.py).
+DIGITS_MODEL = "digits"
+DIGITS_DIR = Path(__file__).resolve().parent / "digits"
 # DiT's respaced DDIM: linspace(0, 999, T).round() timesteps, alpha_bar = 1 after the last step.
 _DIT_DDIM = dict(timestep_spacing="linspace", set_alpha_to_one=True, steps_offset=0, clip_sample=False)
 # The original DiT guides only this many latent channels (its forward_with_cfg).
@@ -50,7 +57,7 @@ class DiTAdapter(LatentDiffusionAdapter):
         num_classes: number of classes; label ``num_classes`` is the null (unconditional) class.
     """
 
-    def __init__(self, model_id: str, transformer: DiTTransformer2DModel, vae: AutoencoderKL, scheduler_config,
+    def __init__(self, model_id: str, transformer: DiTTransformer2DModel, vae: AutoencoderKL | None, scheduler_config,
                  device: torch.device, dtype: torch.dtype, max_batch_size: int):
         config = transformer.config
         super().__init__(model_id, vae, scheduler_config, _DIT_DDIM,
@@ -136,7 +143,8 @@ class DiTAdapter(LatentDiffusionAdapter):
         Which sampler runs:
 
         - ``DiTPipeline`` (given this adapter's DDIM scheduler) when ``eta == 0``, ``guidance ==
-          "all"`` (the pipeline's rule), the model is float32 and ``seed`` is given: the pipeline
+          "all"`` (the pipeline's rule), the model is float32, has a VAE (the pipeline always
+          decodes) and ``seed`` is given: the pipeline
           draws its own initial latents from per-sample generators seeded ``seed + k``, exactly as
           ``paratAA.noise.sample_noise`` draws ``x[T]`` (checked against ``noise``; a mismatch is a
           ``ValueError``).
@@ -156,7 +164,7 @@ class DiTAdapter(LatentDiffusionAdapter):
         self._check_noise(noise, num_steps)
         scale = self._check_guidance(cfg_scale, guidance)
         labels = self._labels(class_labels)
-        if eta == 0 and guidance == "all" and self.dtype == torch.float32 and seed is not None:
+        if eta == 0 and guidance == "all" and self.dtype == torch.float32 and seed is not None and self.vae is not None:
             return self._pipeline_reference(noise, labels, scale, num_steps, seed)
         eps = self.eps_fn(labels, scale, guidance, schedule=self._new_schedule(num_steps, eta))
         return self._scheduler_loop(eps, noise, num_steps, eta)
@@ -187,17 +195,28 @@ def _load_vae(vae_path: str, dtype: torch.dtype) -> AutoencoderKL:
                            subfolder=subfolder, torch_dtype=dtype)
 
 
+def _declares_no_vae(pipeline_dir: str) -> bool:
+    """Whether a local pipeline directory's ``model_index.json`` lists no VAE (a pixel-space model)."""
+    try:
+        index = json.loads(Path(pipeline_dir, "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False  # unreadable: let from_pretrained report it
+    return index.get("vae", [None, None]) == [None, None]
+
+
 def load_dit(model_path: str = DEFAULT_DIT, vae_path: str | None = None, device: torch.device | str = "cpu",
              fp16: bool = False, *, max_batch_size: int = 64) -> DiTAdapter:
     """Load a DiT model as a ``DiTAdapter``.
 
     Args:
-        model_path: ``"tiny"`` (tiny random model built offline), a hub id of a diffusers DiT pipeline,
-            a local pipeline directory (``model_index.json``), a local transformer-only directory
-            (``config.json``), or an original DiT checkpoint file (``.pt``/``.pth``).
+        model_path: ``"tiny"`` (tiny random model built offline), ``"digits"`` (the trained
+            pixel-space model in ``models/digits``), a hub id of a diffusers DiT pipeline, a local
+            pipeline directory (``model_index.json``; ``"vae": [null, null]`` there means pixel
+            space), a local transformer-only directory (``config.json``), or an original DiT
+            checkpoint file (``.pt``/``.pth``).
         vae_path: hub id or local directory of an ``AutoencoderKL`` (or of a pipeline with a ``vae``
-            folder). Default: the pipeline's own VAE; ``stabilityai/sd-vae-ft-ema`` for a
-            transformer-only directory or an original checkpoint.
+            folder). Default: the pipeline's own VAE (none for a pixel-space pipeline);
+            ``stabilityai/sd-vae-ft-ema`` for a transformer-only directory or an original checkpoint.
         device: where the networks run.
         fp16: run the networks in float16.
         max_batch_size: most rows per network forward pass.
@@ -211,12 +230,14 @@ def load_dit(model_path: str = DEFAULT_DIT, vae_path: str | None = None, device:
     """
     dtype = torch.float16 if fp16 else torch.float32
     vae = None
+    pixel_space = False
     scheduler_config = dict(DIT_SCHEDULER_CONFIG)
     if model_path == "tiny":
         pipe = tiny_pipeline("dit")
         transformer, vae, scheduler_config = pipe.transformer, pipe.vae, pipe.scheduler.config
     else:
-        kind, location = resolve_location(model_path, "model_path")
+        kind, location = resolve_location(str(DIGITS_DIR) if model_path == DIGITS_MODEL else model_path,
+                                          "model_path")
         if kind == "local" and os.path.isfile(location):
             transformer = load_dit_checkpoint(location)
         elif kind == "local" and not os.path.isfile(os.path.join(location, "model_index.json")):
@@ -226,10 +247,13 @@ def load_dit(model_path: str = DEFAULT_DIT, vae_path: str | None = None, device:
             transformer = load_pretrained(DiTTransformer2DModel, location, kind, "model_path",
                                           "DiT transformer", torch_dtype=dtype)
         else:
-            pipe = load_pretrained(DiTPipeline, location, kind, "model_path", "DiT pipeline", torch_dtype=dtype)
+            pixel_space = kind == "local" and _declares_no_vae(location)
+            extra = {"vae": None} if pixel_space else {}
+            pipe = load_pretrained(DiTPipeline, location, kind, "model_path", "DiT pipeline", torch_dtype=dtype,
+                                   **extra)
             transformer, vae, scheduler_config = pipe.transformer, pipe.vae, pipe.scheduler.config
-    if vae_path is not None or vae is None:
+    if vae_path is not None or (vae is None and not pixel_space):
         vae = _load_vae(vae_path or DEFAULT_DIT_VAE, dtype)
     transformer = place(transformer, device, dtype).eval()
-    vae = place(vae, device, dtype).eval()
+    vae = None if vae is None else place(vae, device, dtype).eval()
     return DiTAdapter(model_path, transformer, vae, scheduler_config, torch.device(device), dtype, max_batch_size)

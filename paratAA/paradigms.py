@@ -36,21 +36,63 @@ the result is close to, not equal to, the sequential sample; smaller tolerances 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import replace
 from typing import Callable
 
 import torch
 
-from paratAA.equations import first_order_residual, increment_map, rms, step_offset
+from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
+from paratAA.equations import first_order_residual, increment_map, rms
 from paratAA.schedule import Schedule
-from paratAA.solver import EpsFn, IterationRecord, SolveResult
-from paratAA.validation import checked_output, is_int, synchronize, validate_noise
+from paratAA.validation import is_int, validate_noise
 
-__all__ = ["solve_paradigms", "DEFAULT_TOLERANCE"]
+__all__ = ["DEFAULT_TOLERANCE", "PicardSample", "solve_paradigms"]
 
 # diffusers' StableDiffusionParadigmsPipeline default (``tolerance=0.1``); its default window is 10.
 DEFAULT_TOLERANCE = 0.1
+
+
+class PicardSample(SampleStrategy):
+    """Picard update and stride rule of one sample's window (the module docstring's steps 1-4).
+
+    Shared with ParaSolver (``paratAA.parasolver``), whose Newton step with the network's Jacobian
+    taken as the identity is this same update; it differs in ``init="denoised"``, in a few
+    sequential warm-up steps and in the error bound of the last latents.
+
+    Args:
+        x, z, schedule: as for ``SampleStrategy``.
+        window_size: steps per window after the warm-up.
+        error_bound: float64 ``(T,)``: ``x[p]`` counts as changed when its mean squared change
+            exceeds ``error_bound[p]``.
+        init: how joining steps are initialised (``SampleStrategy``).
+        warmup_steps: the first iterations evaluate a window of one step (sequential steps, exact);
+            then the window takes its full size.
+    """
+
+    def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, window_size: int,
+                 error_bound: torch.Tensor, init: str = "copy", warmup_steps: int = 0):
+        self.error_bound = error_bound
+        self.full_size = window_size
+        self.warmup_steps = min(warmup_steps, schedule.num_steps)
+        num_steps = schedule.num_steps
+        super().__init__(x, z, schedule, 1 if self.warmup_steps else window_size, num_steps, num_steps, init)
+
+    def update(self, out: torch.Tensor) -> float:
+        lo, hi = self.window.bounds
+        x_above = self.x[lo + 1:hi + 1]  # the inputs of the window's steps
+        a = self.schedule.a[lo:hi]
+        g = self.step_offsets(out)
+        old = self.x[lo:hi]
+        residual = float(rms(first_order_residual(old, x_above, a, g)).max())
+        self.remember_denoised(out)
+        # Picard: x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1]), the full-order increment map.
+        new = increment_map(x_above, a, g, hi - lo)
+        error = (new - old).flatten(1).pow(2).mean(1)
+        self.x[lo:hi] = new
+        self.advance(_next_frontier(error, self.error_bound[lo:hi], self.window.size, lo, hi))
+        if self.iterations == self.warmup_steps and self.window.size != self.full_size:
+            self.window.size = self.full_size  # warm-up over: widen the window, initialise the new steps
+            self._join(range(self.window.bounds[0], self.window.initialized_from))
+        return residual
 
 
 @torch.no_grad()
@@ -81,80 +123,16 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
     """
     _check_arguments(schedule, noise, window_size, tolerance, max_iters)
     num_steps = schedule.num_steps
-    start = time.perf_counter()
     window_size = min(window_size, num_steps)
-    device = noise.device
-    sched = schedule.to(device)
-    batch = noise.shape[0]
+    sched = schedule.to(noise.device)
     noise = noise.to(torch.float64)
     trajectory = noise[:, num_steps:num_steps + 1].repeat(1, num_steps + 1, *([1] * (noise.dim() - 2)))
     # Bound on the squared error of x[p] (p = 0..T-1): tolerance^2 sigma[p-1]^2; x[0] has variance 0.
     variance_next = torch.cat([sched.sigma.new_zeros(1), sched.sigma.pow(2)[:-1]])
     error_bound = tolerance ** 2 * variance_next
-    frontier = [num_steps] * batch
-    iterations_of = [0] * batch
-    evaluations_of = [0] * batch
-    records: list[IterationRecord] = []
-    iteration = 0
-    while any(frontier) and (max_iters is None or iteration < max_iters):
-        iteration += 1
-        tick = time.perf_counter()
-        windows = [(max(h - window_size, 0), h) if h > 0 else None for h in frontier]
-        rows_x, rows_step, rows_sample = [], [], []
-        for b, window in enumerate(windows):
-            if window is None:
-                continue
-            lo, hi = window
-            rows_x.append(trajectory[b, lo + 1:hi + 1])
-            rows_step.append(torch.arange(lo, hi, device=device))
-            rows_sample.append(torch.full((hi - lo,), b, dtype=torch.long, device=device))
-        x_in = torch.cat(rows_x)
-        steps = torch.cat(rows_step)
-        synchronize(device)
-        tock = time.perf_counter()
-        out = eps_fn(x_in, steps, torch.cat(rows_sample))
-        synchronize(device)
-        network_seconds = time.perf_counter() - tock
-        out = checked_output(out, x_in, iteration)
-
-        max_residual: list[float | None] = [None] * batch
-        offset = 0
-        for b, window in enumerate(windows):
-            if window is None:
-                continue
-            lo, hi = window
-            n = hi - lo
-            x_above = x_in[offset:offset + n]  # x[lo+1..hi]: the inputs of the window's steps
-            g = step_offset(sched.b[lo:hi], sched.c[lo:hi], out[offset:offset + n], noise[b, lo:hi])
-            offset += n
-            old = trajectory[b, lo:hi]
-            max_residual[b] = float(rms(first_order_residual(old, x_above, sched.a[lo:hi], g)).max())
-            # Picard: x[p] = x[hi] + sum_{q=p}^{hi-1} (F_q(x[q+1]) - x[q+1]), the full-order increment map.
-            new = increment_map(x_above, sched.a[lo:hi], g, n)
-            error = (new - old).flatten(1).pow(2).mean(1)
-            frontier[b] = _next_frontier(error, error_bound[lo:hi], window_size, lo, hi)
-            trajectory[b, lo:hi] = new
-            new_lo = max(frontier[b] - window_size, 0)
-            if new_lo < lo:  # steps joining the window start from the lowest updated latent
-                trajectory[b, new_lo:lo] = trajectory[b, lo]
-            iterations_of[b] += 1
-            evaluations_of[b] += n
-
-        # Each sample's current estimate: its lowest initialised latent (x[0] once reached).
-        x0 = torch.stack([trajectory[b, max(h - window_size, 0)] for b, h in enumerate(frontier)])
-        synchronize(device)
-        record = IterationRecord(
-            iteration=iteration, windows=windows, evaluations=int(steps.shape[0]),
-            max_residual=max_residual, frontier=list(frontier), network_seconds=network_seconds,
-            solver_seconds=time.perf_counter() - tick - network_seconds, x0=x0, done=not any(frontier))
-        records.append(replace(record, x0=None))
-        if callback is not None:
-            callback(record)
-
-    return SolveResult(
-        trajectory=trajectory, iterations=iteration, evaluations=sum(evaluations_of),
-        per_sample_iterations=iterations_of, per_sample_evaluations=evaluations_of,
-        converged=not any(frontier), seconds=time.perf_counter() - start, records=records)
+    samples = [PicardSample(trajectory[k], noise[k], sched, window_size, error_bound)
+               for k in range(noise.shape[0])]
+    return BatchSolver(eps_fn, trajectory, samples, max_iters).run(callback)
 
 
 def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, lo: int, hi: int) -> int:

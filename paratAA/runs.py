@@ -10,6 +10,10 @@ One run writes one new folder under ``--output_path`` (never reusing an existing
                                    one per iteration in which sample k was still being solved
     <run>/sample_<k>/evolution.gif the step images as an animation
     <run>/sample_<k>/final.png     the decoded final sample
+    <run>/contact_sheet.png        every step image at once: row k = sample k, column j = step_<j>
+
+Images are saved at the model's resolution; the GIF and the contact sheet, which are for looking
+at, enlarge small images (pixel-space models of 16x16) to at least ``VIEW_SIZE`` pixels.
 
 Only the main process creates a ``RunRecorder``. Decoding goes through a callable (the model
 adapter's ``decode``), so this module never imports diffusers.
@@ -42,6 +46,32 @@ Decode = Callable[[torch.Tensor], list[Image.Image]]
 PSNR_CAP_DB = 100.0
 GIF_FRAME_MS = 250
 GIF_LAST_FRAME_MS = 1500
+VIEW_SIZE = 96  # smallest side of images in the GIF and the contact sheet
+SHEET_GAP = 2
+
+
+def enlarged(image: Image.Image, min_size: int = VIEW_SIZE) -> Image.Image:
+    """``image`` scaled up by a whole factor (nearest neighbour) until its smaller side is >= ``min_size``."""
+    factor = max(1, -(-min_size // min(image.size)))
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def contact_sheet(rows: Sequence[Sequence[Image.Image]], min_size: int = VIEW_SIZE) -> Image.Image:
+    """One picture of a grid of images: ``rows[r][c]`` at row r, column c, on white.
+
+    Rows may have different lengths (a sample that finished early has fewer iterations). Images are
+    enlarged like ``enlarged`` and separated by a small gap.
+    """
+    cells = [[enlarged(image.convert("RGB"), min_size) for image in row] for row in rows]
+    width = max(image.width for row in cells for image in row)
+    height = max(image.height for row in cells for image in row)
+    columns = max(len(row) for row in cells)
+    sheet = Image.new("RGB", (columns * (width + SHEET_GAP) - SHEET_GAP, len(cells) * (height + SHEET_GAP) - SHEET_GAP),
+                      "white")
+    for r, row in enumerate(cells):
+        for c, image in enumerate(row):
+            sheet.paste(image, (c * (width + SHEET_GAP), r * (height + SHEET_GAP)))
+    return sheet
 
 
 def create_run_dir(output_path: str | Path, name: str) -> Path:
@@ -357,13 +387,19 @@ class RunRecorder:
             image.save(self.sample_dir(k) / "final.png")
             if self.save_steps:
                 self._write_gif(k)
+        if self.save_steps:
+            contact_sheet([self._step_images(k) for k in range(self.num_samples)]).save(
+                self.run_dir / "contact_sheet.png")
         save_file({"samples": samples.double().contiguous()}, str(self.run_dir / "latents.safetensors"))
         summary = {**solve_summary(result, sample_info, per_sample), **(extra or {})}
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
+    def _step_images(self, k: int) -> list[Image.Image]:
+        return [Image.open(self.sample_dir(k) / f"step_{j}.png") for j in range(self._steps_saved[k])]
+
     def _write_gif(self, k: int) -> None:
-        frames = [Image.open(self.sample_dir(k) / f"step_{j}.png") for j in range(self._steps_saved[k])]
+        frames = [enlarged(frame) for frame in self._step_images(k)]
         durations = [GIF_FRAME_MS] * (len(frames) - 1) + [GIF_LAST_FRAME_MS]
         frames[0].save(self.sample_dir(k) / "evolution.gif", save_all=True, append_images=frames[1:],
                        duration=durations, loop=0)

@@ -104,6 +104,15 @@ class Schedule:
                        timesteps=move(self.timesteps), alphas_cumprod=move(self.alphas_cumprod),
                        scheduler_sigmas=move(self.scheduler_sigmas), input_scale=move(self.input_scale))
 
+    def denoised_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(p, q)``, float64 ``(T,)``: step ``i``'s prediction of the sample is ``p[i] x[i+1] + q[i] out_i``.
+
+        For the prediction type of the network (``x0`` written through ``x_t`` and ``out``). Used to
+        initialise steps by holding the predicted sample fixed (``paratAA.batch``).
+        """
+        (x0_x, x0_out), _ = _as_x_and_out(self.alphas_cumprod, self.prediction_type)
+        return x0_x, x0_out
+
     def step(self, i: int, x_next: torch.Tensor, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """One sequential step: ``x[i]`` from ``x[i+1]``, the network output and the noise ``z[i]``."""
         return self.a[i] * x_next + self.b[i] * out + self.c[i] * z

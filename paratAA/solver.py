@@ -22,86 +22,25 @@ than ``T`` iterations, the cost of sequential sampling. All solver state is floa
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from paratAA.anderson import TriangularAnderson
-from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms, step_offset
+from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
+from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
 from paratAA.schedule import Schedule
-from paratAA.validation import NonFiniteError, checked_output, is_int, synchronize, validate_noise
-from paratAA.window import SlidingWindow
+from paratAA.validation import NonFiniteError, checked_output, is_int, validate_noise
 
-__all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "SolveResult", "Solver", "solve", "sequential"]
+FULL_ORDER = "window"  # order = the window size: every unknown anchored on the window's top
+# The configuration ``solve`` runs with the method options left out (benchmarks/RESULTS.md, "Defaults").
+RECOMMENDED = {"order": FULL_ORDER, "memory_size": 2, "map_form": "increment"}
+# The reference scripts' method (the paper's equations); their orders differ per script (DiT 100, SD 20).
+PAPER = {"memory_size": 2, "map_form": "affine"}
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``eps_fn(x, steps, samples) -> out``: network output for each row.
-
-``x``: float64 ``(n, *latent)``; ``steps``: int64 ``(n,)`` step indices ``i`` (the network's
-timestep is ``schedule.timesteps[i]``); ``samples``: int64 ``(n,)``, the sample of the batch each
-row belongs to (for per-sample conditioning). Returns ``(n, *latent)`` in any float dtype.
-"""
-
-
-@dataclass
-class IterationRecord:
-    """What one parallel iteration did, for every sample of the batch.
-
-    Attributes:
-        iteration: 1-based count of parallel iterations (rounds of batched network calls).
-        windows: per sample, the steps ``[lo, hi)`` evaluated; None for a finished sample.
-        evaluations: rows of the network batch of this iteration.
-        max_residual: per sample, the largest first-order RMS residual over its window before the
-            update; None for a finished sample.
-        frontier: per sample after the update: steps ``>= frontier`` are final; 0 means done.
-        network_seconds: wall-clock inside ``eps_fn``.
-        solver_seconds: wall-clock of everything else in the iteration.
-        x0: float64 ``(B, *latent)``: each sample's current estimate, ``x[0]`` once the window has
-            reached it, before that the lowest initialised latent (what ``x[0]`` starts from).
-            None in ``SolveResult.records`` (kept only while iterating, to save memory).
-        done: every sample has finished.
-    """
-
-    iteration: int
-    windows: list[tuple[int, int] | None]
-    evaluations: int
-    max_residual: list[float | None]
-    frontier: list[int]
-    network_seconds: float
-    solver_seconds: float
-    x0: torch.Tensor | None
-    done: bool
-
-
-@dataclass
-class SolveResult:
-    """Outcome of a parallel solve.
-
-    Attributes:
-        trajectory: float64 ``(B, T+1, *latent)``; ``trajectory[:, 0]`` are the samples.
-        iterations: parallel iterations (rounds of batched network calls).
-        evaluations: rows of network evaluations, all samples together.
-        per_sample_iterations, per_sample_evaluations: the same, per sample.
-        converged: every sample reached frontier 0 (False when ``max_iters`` stopped the solve).
-        seconds: wall-clock of the whole solve.
-        records: one ``IterationRecord`` per iteration (``x0`` dropped).
-    """
-
-    trajectory: torch.Tensor
-    iterations: int
-    evaluations: int
-    per_sample_iterations: list[int]
-    per_sample_evaluations: list[int]
-    converged: bool
-    seconds: float
-    records: list[IterationRecord] = field(default_factory=list)
-
-    @property
-    def samples(self) -> torch.Tensor:
-        """float64 ``(B, *latent)``: ``x[0]`` of every sample."""
-        return self.trajectory[:, 0]
+__all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver", "solve",
+           "sequential"]
 
 
 @dataclass(frozen=True)
@@ -116,35 +55,23 @@ class _Settings:
     map_form: str
 
 
-class _SampleSolver:
-    """One sample's window, history and update; its trajectory is a view into the batch's."""
+class _SampleSolver(SampleStrategy):
+    """ParaTAA's update of one sample's window: order-K map, TAA below the highest unconverged step."""
 
     def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, settings: _Settings,
                  frontier: int, initialized_from: int):
-        self.x, self.z, self.schedule, self.settings = x, z, schedule, settings
-        self.window = SlidingWindow(settings.window_size, frontier, initialized_from)
+        self.settings = settings
         self.anderson = (TriangularAnderson(settings.window_size, tuple(x.shape[1:]), settings.memory_size,
                                             settings.anderson_lambda, x.device)
                          if settings.memory_size >= 2 else None)
-        self.iterations = 0
-        self.evaluations = 0
-        self._join(range(*self.window.bounds))
-
-    def network_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x[lo+1..hi], steps lo..hi-1)``: the rows this sample needs evaluated."""
-        lo, hi = self.window.bounds
-        return self.x[lo + 1:hi + 1], torch.arange(lo, hi, device=self.x.device)
-
-    def estimate(self) -> torch.Tensor:
-        return self.x[self.window.initialized_from]
+        super().__init__(x, z, schedule, settings.window_size, frontier, initialized_from)
 
     def update(self, out: torch.Tensor) -> float:
-        """Apply one iteration given the network outputs of the window; return the max residual."""
         lo, hi = self.window.bounds
         s, cfg = self.schedule, self.settings
         x_window, x_above = self.x[lo:hi], self.x[lo + 1:hi + 1]
         a = s.a[lo:hi]
-        g = step_offset(s.b[lo:hi], s.c[lo:hi], out, self.z[lo:hi])
+        g = self.step_offsets(out)
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
         converged = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
@@ -160,134 +87,67 @@ class _SampleSolver:
         else:
             new = x_window + residual
         self.x[lo:hi] = new
-
-        self.iterations += 1
-        self.evaluations += hi - lo
-        new_frontier = lo if highest_unconverged is None else lo + highest_unconverged
-        self._join(self.window.advance(new_frontier))
+        self.advance(lo if highest_unconverged is None else lo + highest_unconverged)
         return float(rho.max())
 
-    def _join(self, steps: range) -> None:
-        """Initialise steps new to the window: a copy of the lowest initialised latent, fresh history."""
-        if not steps:
-            return
-        lowest = self.window.initialized_from
-        if steps.start < lowest:
-            self.x[steps.start:lowest] = self.x[lowest]
-            self.window.initialized_from = steps.start
+    def _joined(self, steps: range) -> None:
         if self.anderson is not None:
             self.anderson.forget(steps.start, steps.stop)
 
 
-class Solver:
+class Solver(BatchSolver):
     """Iterate a parallel solve one batched network call at a time.
 
     Arguments are those of ``solve``. ``iterate()`` yields one ``IterationRecord`` per iteration;
     ``result()`` returns the ``SolveResult`` so far.
     """
 
-    def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int, order: int,
-                 memory_size: int, tol1: float = 1e-3, tol2: float = 1e-3, max_iters: int | None = None,
-                 init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
-                 anderson_lambda: float = 1e-3, reanchor: bool = False, map_form: str = "affine"):
-        _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
-                  init_trajectory, variation_steps, anderson_lambda)
-        if map_form not in MAP_FORMS:
-            raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
+    def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
+                 order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
+                 max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
+                 variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
+                 map_form: str | None = None):
+        validate_noise(schedule, noise)
+        settings = _settings(schedule.num_steps, window_size, order, memory_size, tol1, tol2, anderson_lambda,
+                             reanchor, map_form)
+        _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps)
         num_steps = schedule.num_steps
-        self.eps_fn = eps_fn
-        self.schedule = schedule.to(noise.device)
-        self.noise = noise.to(torch.float64)
-        self.max_iters = max_iters
-        settings = _Settings(min(window_size, num_steps), order, memory_size, float(tol1), float(tol2),
-                             float(anderson_lambda), bool(reanchor), map_form)
+        schedule = schedule.to(noise.device)
+        noise = noise.to(torch.float64)
         if init_trajectory is None:
-            self.trajectory = torch.zeros_like(self.noise)
+            trajectory = torch.zeros_like(noise)
             frontier, initialized_from = num_steps, num_steps
         else:
-            self.trajectory = init_trajectory.to(device=noise.device, dtype=torch.float64).clone()
+            trajectory = init_trajectory.to(device=noise.device, dtype=torch.float64).clone()
             frontier, initialized_from = (num_steps if variation_steps is None else variation_steps), 0
-        self.trajectory[:, num_steps] = self.noise[:, num_steps]
-        self._samples = [_SampleSolver(self.trajectory[k], self.noise[k], self.schedule, settings,
-                                       frontier, initialized_from)
-                         for k in range(self.noise.shape[0])]
-        self.records: list[IterationRecord] = []
-        self.seconds = 0.0
-
-    @property
-    def done(self) -> bool:
-        return all(sample.window.done for sample in self._samples)
-
-    def iterate(self) -> Iterator[IterationRecord]:
-        """Run iterations until every sample is done or ``max_iters`` is reached."""
-        while not self.done and (self.max_iters is None or len(self.records) < self.max_iters):
-            start = time.perf_counter()
-            record = self._iteration()
-            self.seconds += time.perf_counter() - start
-            self.records.append(replace(record, x0=None))
-            yield record
-
-    def result(self) -> SolveResult:
-        return SolveResult(
-            trajectory=self.trajectory,
-            iterations=len(self.records),
-            evaluations=sum(s.evaluations for s in self._samples),
-            per_sample_iterations=[s.iterations for s in self._samples],
-            per_sample_evaluations=[s.evaluations for s in self._samples],
-            converged=self.done,
-            seconds=self.seconds,
-            records=list(self.records),
-        )
-
-    @torch.no_grad()
-    def _iteration(self) -> IterationRecord:
-        device = self.trajectory.device
-        active = [k for k, sample in enumerate(self._samples) if not sample.window.done]
-        windows: list[tuple[int, int] | None] = [None] * len(self._samples)
-        inputs, steps, owners = [], [], []
-        for k in active:
-            x, sample_steps = self._samples[k].network_inputs()
-            windows[k] = self._samples[k].window.bounds
-            inputs.append(x)
-            steps.append(sample_steps)
-            owners.append(torch.full_like(sample_steps, k))
-        x = torch.cat(inputs)
-
-        synchronize(device)
-        start = time.perf_counter()
-        out = self.eps_fn(x, torch.cat(steps), torch.cat(owners))
-        synchronize(device)
-        network_seconds = time.perf_counter() - start
-
-        out = checked_output(out, x, iteration=len(self.records) + 1)
-        residuals: list[float | None] = [None] * len(self._samples)
-        for k, chunk in zip(active, out.split([len(s) for s in steps])):
-            residuals[k] = self._samples[k].update(chunk)
-        x0 = torch.stack([sample.estimate() for sample in self._samples])
-        synchronize(device)
-        return IterationRecord(
-            iteration=len(self.records) + 1, windows=windows, evaluations=x.shape[0], max_residual=residuals,
-            frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
-            solver_seconds=time.perf_counter() - start - network_seconds, x0=x0, done=self.done)
+        trajectory[:, num_steps] = noise[:, num_steps]
+        samples = [_SampleSolver(trajectory[k], noise[k], schedule, settings, frontier, initialized_from)
+                   for k in range(noise.shape[0])]
+        super().__init__(eps_fn, trajectory, samples, max_iters)
+        self.schedule, self.noise, self.settings = schedule, noise, settings
 
 
-def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int, order: int,
-          memory_size: int, tol1: float = 1e-3, tol2: float = 1e-3, max_iters: int | None = None,
-          init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
-          anderson_lambda: float = 1e-3, reanchor: bool = False, map_form: str = "affine",
-          callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
+def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
+          order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
+          max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
+          variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
+          map_form: str | None = None, callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
     """Solve B sampling trajectories in parallel (FP, FP+ or ParaTAA; see the module docstring).
+
+    Left out, the method options take the recommended configuration (``RECOMMENDED``), chosen from
+    the matched-accuracy benchmarks (benchmarks/RESULTS.md); ``PAPER`` holds the reference scripts'.
 
     Args:
         eps_fn: the network, ``eps_fn(x, steps, samples) -> out`` (see ``EpsFn``).
         schedule: the sampler's coefficients (``Schedule.from_scheduler``).
         noise: ``(B, T+1, *latent)``: ``noise[:, T]`` is ``x[T]``, ``noise[:, i]`` the ``z_i`` of
             step ``i``. Its device is the solver's.
-        window_size: steps evaluated per sample per iteration (``>= 1``; capped at T).
-        order: K of the order-K equations, ``1 <= order <= window_size``.
+        window_size: steps evaluated per sample per iteration (``>= 1``; capped at T; default T).
+        order: K of the order-K equations, ``1 <= order <= window_size`` (default: the window size).
         memory_size: iterates kept per step for TAA; 1 disables acceleration.
         tol1, tol2: a step has converged when the RMS of its first-order residual is
-            ``<= tol1`` or ``<= tol2 * sigma_i``.
+            ``<= tol1`` or ``<= tol2 * sigma_i``. Smaller values give a result closer to the
+            sequential sample (measured in benchmarks/RESULTS.md).
         max_iters: stop after this many iterations even if unconverged (None: run to the end).
         init_trajectory: ``(B, T+1, *latent)`` warm start: the starting iterate of every step.
         variation_steps: with ``init_trajectory``: re-solve only steps ``i < variation_steps``,
@@ -298,9 +158,7 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
             takes the plain update (see ``TriangularAnderson.update``). It removes the one-step
             lag of the frontier after a jump; the solution is unchanged.
         map_form: the form of the order-K equations (``paratAA.equations``): ``"affine"``, the
-            paper's (default), or ``"increment"``, a telescoping sum of step increments with the
-            same solution that converges in markedly fewer iterations on diffusion models
-            (benchmarks/RESULTS.md).
+            paper's, or ``"increment"``, a telescoping sum of step increments with the same solution.
         callback: called with every ``IterationRecord`` as soon as it is made.
 
     Returns:
@@ -314,10 +172,7 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
                     tol1=tol1, tol2=tol2, max_iters=max_iters, init_trajectory=init_trajectory,
                     variation_steps=variation_steps, anderson_lambda=anderson_lambda, reanchor=reanchor,
                     map_form=map_form)
-    for record in solver.iterate():
-        if callback is not None:
-            callback(record)
-    return solver.result()
+    return solver.run(callback)
 
 
 @torch.no_grad()
@@ -344,11 +199,17 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
     return x
 
 
-def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_iters,
-              init_trajectory, variation_steps, anderson_lambda) -> None:
-    validate_noise(schedule, noise)
+def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, anderson_lambda, reanchor,
+              map_form) -> _Settings:
+    """Validate the method options and fill in the recommended values of those left out (None)."""
+    window_size = num_steps if window_size is None else window_size
     if not is_int(window_size) or window_size < 1:
         raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
+    window_size = min(window_size, num_steps)
+    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form}
+    order, memory_size, map_form = (RECOMMENDED[name] if value is None else value for name, value in chosen.items())
+    if order == FULL_ORDER:
+        order = window_size
     if not is_int(order) or order < 1:
         raise ValueError(f"order must be an integer >= 1, got {order!r}")
     if order > window_size:
@@ -358,10 +219,17 @@ def _validate(schedule, noise, window_size, order, memory_size, tol1, tol2, max_
     for name, value in (("tol1", tol1), ("tol2", tol2)):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
-        raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
     if not isinstance(anderson_lambda, (int, float)) or not math.isfinite(anderson_lambda) or anderson_lambda <= 0:
         raise ValueError(f"anderson_lambda must be a finite number > 0, got {anderson_lambda!r}")
+    if map_form not in MAP_FORMS:
+        raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
+    return _Settings(window_size, order, memory_size, float(tol1), float(tol2), float(anderson_lambda),
+                     bool(reanchor), map_form)
+
+
+def _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps) -> None:
+    if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
+        raise ValueError(f"max_iters must be None or an integer >= 1, got {max_iters!r}")
     if init_trajectory is None:
         if variation_steps is not None:
             raise ValueError("variation_steps needs init_trajectory (a warm start)")

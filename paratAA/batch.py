@@ -1,0 +1,285 @@
+"""The batch loop every parallel sampler shares: one batched network call per parallel iteration.
+
+A batch of ``B`` samples is solved together; each sample has its own window and its own update
+rule, a *strategy* (``SampleStrategy``: ParaTAA's ``paratAA.solver``, the Picard iteration of
+``paratAA.paradigms``, the Newton-like sweep of ``paratAA.parasolver``). One iteration
+
+1. gathers every unfinished sample's window rows (``network_inputs``) into one batch,
+2. calls the network once on it (the only place the network is called; timed),
+3. scatters the outputs back, each sample updating its own window (``update``),
+4. and makes an ``IterationRecord``.
+
+Index convention as in ``paratAA.schedule``: trajectory ``x[0..T]``, ``x[T]`` the noise, step ``i``
+maps ``x[i+1]`` to ``x[i]`` calling the network at ``schedule.timesteps[i]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from paratAA.equations import step_offset
+from paratAA.schedule import Schedule
+from paratAA.validation import checked_output, synchronize
+from paratAA.window import SlidingWindow
+
+__all__ = ["INIT_RULES", "BatchSolver", "EpsFn", "IterationRecord", "SampleStrategy", "SolveResult"]
+
+INIT_RULES = ("copy", "denoised")  # how steps joining a window are initialised (SampleStrategy)
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``eps_fn(x, steps, samples) -> out``: network output for each row.
+
+``x``: float64 ``(n, *latent)``; ``steps``: int64 ``(n,)`` step indices ``i`` (the network's
+timestep is ``schedule.timesteps[i]``); ``samples``: int64 ``(n,)``, the sample of the batch each
+row belongs to (for per-sample conditioning). Returns ``(n, *latent)`` in any float dtype.
+"""
+
+
+@dataclass
+class IterationRecord:
+    """What one parallel iteration did, for every sample of the batch.
+
+    Attributes:
+        iteration: 1-based count of parallel iterations (rounds of batched network calls).
+        windows: per sample, the steps ``[lo, hi)`` evaluated; None for a finished sample.
+        evaluations: rows of the network batch of this iteration.
+        max_residual: per sample, the largest first-order RMS residual over its window before the
+            update; None for a finished sample.
+        frontier: per sample after the update: steps ``>= frontier`` are final; 0 means done.
+        network_seconds: wall-clock inside ``eps_fn``.
+        solver_seconds: wall-clock of everything else in the iteration.
+        x0: float64 ``(B, *latent)``: each sample's current estimate, ``x[0]`` once the window has
+            reached it, before that the lowest initialised latent (what ``x[0]`` starts from).
+            None in ``SolveResult.records`` (kept only while iterating, to save memory).
+        done: every sample has finished.
+    """
+
+    iteration: int
+    windows: list[tuple[int, int] | None]
+    evaluations: int
+    max_residual: list[float | None]
+    frontier: list[int]
+    network_seconds: float
+    solver_seconds: float
+    x0: torch.Tensor | None
+    done: bool
+
+
+@dataclass
+class SolveResult:
+    """Outcome of a parallel solve.
+
+    Attributes:
+        trajectory: float64 ``(B, T+1, *latent)``; ``trajectory[:, 0]`` are the samples.
+        iterations: parallel iterations (rounds of batched network calls).
+        evaluations: rows of network evaluations, all samples together.
+        per_sample_iterations, per_sample_evaluations: the same, per sample.
+        converged: every sample reached frontier 0 (False when ``max_iters`` stopped the solve).
+        seconds: wall-clock of the whole solve.
+        records: one ``IterationRecord`` per iteration (``x0`` dropped).
+    """
+
+    trajectory: torch.Tensor
+    iterations: int
+    evaluations: int
+    per_sample_iterations: list[int]
+    per_sample_evaluations: list[int]
+    converged: bool
+    seconds: float
+    records: list[IterationRecord] = field(default_factory=list)
+
+    @property
+    def samples(self) -> torch.Tensor:
+        """float64 ``(B, *latent)``: ``x[0]`` of every sample."""
+        return self.trajectory[:, 0]
+
+
+class SampleStrategy:
+    """One sample's window and update rule (base class of the samplers' strategies).
+
+    Holds what every strategy shares: the sample's trajectory ``x`` (a view into the batch's
+    ``(T+1, *latent)`` state), its noise ``z``, the schedule, the ``SlidingWindow`` and the
+    counters. Subclasses implement ``update`` (and may extend ``_joined``, e.g. to reset a history).
+
+    Steps joining the window start from the lowest initialised latent ``x[f]``,
+    ``f = window.initialized_from``, by one of two rules (``init``):
+
+    - ``"copy"``: a copy of ``x[f]`` (the paper's rule and ParaDiGMS's);
+    - ``"denoised"``: the sampler's own steps from ``x[f]`` downwards with the predicted sample
+      ``x0_hat`` held fixed (ParaSolver's initialisation, Lu et al. 2025): step ``j`` uses the
+      network output that predicts ``x0_hat`` from ``x[j+1]``. ``x0_hat`` is the prediction of
+      the latest network call at the window's lowest step (``remember_denoised``); before any
+      call, the copy rule is used. No network calls; only the starting point changes.
+
+    Args:
+        x: float64 ``(T+1, *latent)`` view of this sample's trajectory.
+        z: float64 ``(T+1, *latent)`` this sample's noise (``z[i]`` of step ``i``).
+        schedule: the sampler's coefficients, on ``x``'s device.
+        window_size: steps per window (``>= 1``, at most T).
+        frontier: steps ``>= frontier`` are final at the start (T, or ``variation_steps``).
+        initialized_from: steps ``>= initialized_from`` hold an iterate at the start.
+    """
+
+    def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, window_size: int, frontier: int,
+                 initialized_from: int, init: str = "copy"):
+        if init not in INIT_RULES:
+            raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
+        self.x, self.z, self.schedule, self.init = x, z, schedule, init
+        self._denoised: torch.Tensor | None = None
+        self.window = SlidingWindow(window_size, frontier, initialized_from)
+        self.iterations = 0
+        self.evaluations = 0
+        self._join(range(*self.window.bounds))
+
+    def network_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x[lo+1..hi], steps lo..hi-1)``: the rows this sample needs evaluated."""
+        lo, hi = self.window.bounds
+        return self.x[lo + 1:hi + 1], torch.arange(lo, hi, device=self.x.device)
+
+    def estimate(self) -> torch.Tensor:
+        """The current estimate of ``x[0]``: the lowest initialised latent."""
+        return self.x[self.window.initialized_from]
+
+    def update(self, out: torch.Tensor) -> float:
+        """Apply one iteration given the network outputs of the window; return the max residual.
+
+        Args:
+            out: float64 ``(hi - lo, *latent)``, the outputs for ``network_inputs()``.
+
+        Returns:
+            The largest first-order RMS residual of the window before the update.
+        """
+        raise NotImplementedError
+
+    def step_offsets(self, out: torch.Tensor) -> torch.Tensor:
+        """``g[p] = b[p] out_p + c[p] z[p]`` of the window steps (``paratAA.equations``)."""
+        lo, hi = self.window.bounds
+        return step_offset(self.schedule.b[lo:hi], self.schedule.c[lo:hi], out, self.z[lo:hi])
+
+    def remember_denoised(self, out: torch.Tensor) -> None:
+        """Keep the predicted sample of the window's lowest step (call before the window's x changes)."""
+        if self.init == "denoised":
+            lo, _ = self.window.bounds
+            p, q = self.schedule.denoised_coefficients()
+            self._denoised = p[lo] * self.x[lo + 1] + q[lo] * out[0]
+
+    def advance(self, new_frontier: int) -> None:
+        """Count the iteration, move the frontier, initialise the steps joining the window."""
+        lo, hi = self.window.bounds
+        self.iterations += 1
+        self.evaluations += hi - lo
+        self._join(self.window.advance(new_frontier))
+
+    def _join(self, steps: range) -> None:
+        """Initialise steps new to the window: a copy of the lowest initialised latent."""
+        if not steps:
+            return
+        lowest = self.window.initialized_from
+        if steps.start < lowest:
+            if self._denoised is None:
+                self.x[steps.start:lowest] = self.x[lowest]
+            else:
+                self._denoised_chain(steps.start, lowest)
+            self.window.initialized_from = steps.start
+        self._joined(steps)
+
+    def _denoised_chain(self, start: int, top: int) -> None:
+        """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed."""
+        s = self.schedule
+        p, q = s.denoised_coefficients()
+        for j in range(top - 1, start - 1, -1):
+            out = (self._denoised - p[j] * self.x[j + 1]) / q[j]
+            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j])
+
+    def _joined(self, steps: range) -> None:
+        """Hook for subclasses: ``steps`` just joined the window."""
+
+
+class BatchSolver:
+    """Iterate a batch of per-sample strategies one batched network call at a time.
+
+    Args:
+        eps_fn: the network (``EpsFn``).
+        trajectory: float64 ``(B, T+1, *latent)``, the state the strategies' views point into.
+        samples: one strategy per sample, in batch order.
+        max_iters: stop after this many iterations (None: until every sample is done).
+
+    ``iterate()`` yields one ``IterationRecord`` per iteration; ``result()`` returns the
+    ``SolveResult`` so far.
+    """
+
+    def __init__(self, eps_fn: EpsFn, trajectory: torch.Tensor, samples: Sequence[SampleStrategy],
+                 max_iters: int | None = None):
+        self.eps_fn = eps_fn
+        self.trajectory = trajectory
+        self._samples = list(samples)
+        self.max_iters = max_iters
+        self.records: list[IterationRecord] = []
+        self.seconds = 0.0
+
+    @property
+    def done(self) -> bool:
+        return all(sample.window.done for sample in self._samples)
+
+    def iterate(self) -> Iterator[IterationRecord]:
+        """Run iterations until every sample is done or ``max_iters`` is reached."""
+        while not self.done and (self.max_iters is None or len(self.records) < self.max_iters):
+            start = time.perf_counter()
+            record = self._iteration()
+            self.seconds += time.perf_counter() - start
+            self.records.append(replace(record, x0=None))
+            yield record
+
+    def run(self, callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
+        """Iterate to the end, calling ``callback`` with every record; return the result."""
+        for record in self.iterate():
+            if callback is not None:
+                callback(record)
+        return self.result()
+
+    def result(self) -> SolveResult:
+        return SolveResult(
+            trajectory=self.trajectory,
+            iterations=len(self.records),
+            evaluations=sum(s.evaluations for s in self._samples),
+            per_sample_iterations=[s.iterations for s in self._samples],
+            per_sample_evaluations=[s.evaluations for s in self._samples],
+            converged=self.done,
+            seconds=self.seconds,
+            records=list(self.records),
+        )
+
+    @torch.no_grad()
+    def _iteration(self) -> IterationRecord:
+        device = self.trajectory.device
+        active = [k for k, sample in enumerate(self._samples) if not sample.window.done]
+        windows: list[tuple[int, int] | None] = [None] * len(self._samples)
+        inputs, steps, owners = [], [], []
+        for k in active:
+            x, sample_steps = self._samples[k].network_inputs()
+            windows[k] = self._samples[k].window.bounds
+            inputs.append(x)
+            steps.append(sample_steps)
+            owners.append(torch.full_like(sample_steps, k))
+        x = torch.cat(inputs)
+
+        synchronize(device)
+        start = time.perf_counter()
+        out = self.eps_fn(x, torch.cat(steps), torch.cat(owners))
+        synchronize(device)
+        network_seconds = time.perf_counter() - start
+
+        out = checked_output(out, x, iteration=len(self.records) + 1)
+        residuals: list[float | None] = [None] * len(self._samples)
+        for k, chunk in zip(active, out.split([len(s) for s in steps])):
+            residuals[k] = self._samples[k].update(chunk)
+        x0 = torch.stack([sample.estimate() for sample in self._samples])
+        synchronize(device)
+        return IterationRecord(
+            iteration=len(self.records) + 1, windows=windows, evaluations=x.shape[0], max_residual=residuals,
+            frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
+            solver_seconds=time.perf_counter() - start - network_seconds, x0=x0, done=self.done)
