@@ -235,20 +235,9 @@ class PipelineAdapter:
         return list(prediction.chunk(copies)) if copies > 1 else [prediction]
 
 
-def solver_options(schedule: Schedule, given: dict[str, Any]) -> dict[str, Any]:
-    """The options for ``paratAA.solve``: those the user gave; the library's defaults for the rest.
-
-    Where this version of ``paratAA.solve`` has no default for ``window_size``, ``order`` or
-    ``memory_size``, they default to the whole trajectory (``T``), the window, and 2 (the paper's).
-    """
-    options = {name: value for name, value in given.items() if value is not None}
-    parameters = inspect.signature(paratAA.solve).parameters
-    window = options.get("window_size", schedule.num_steps)
-    fallbacks = {"window_size": schedule.num_steps, "order": min(window, schedule.num_steps), "memory_size": 2}
-    for name, value in fallbacks.items():
-        if name not in options and parameters[name].default is inspect.Parameter.empty:
-            options[name] = value
-    return options
+def solver_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The options for ``paratAA.solve``: only those the user gave, so the library's defaults apply to the rest."""
+    return {name: value for name, value in given.items() if value is not None}
 
 
 Callback = Callable[[paratAA.IterationRecord], None]

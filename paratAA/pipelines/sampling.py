@@ -15,7 +15,7 @@ import torch
 import paratAA
 from paratAA.schedule import Schedule
 
-from .base import SUPPORTED_SCHEDULERS, Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, solver_options
+from .base import Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, solver_options
 from .families import ADAPTERS
 
 __all__ = ["ParallelPipelineOutput", "adapter_for", "sample", "supported"]
@@ -192,7 +192,7 @@ class _ParallelRun:
         eps_fn = self.adapter.eps_fn(self.calls, schedule, num_samples, self.arguments)
         self.phase = "solving"
         try:
-            self.result = paratAA.solve(eps_fn, schedule, noise, **solver_options(schedule, self.given),
+            self.result = paratAA.solve(eps_fn, schedule, noise, **solver_options(self.given),
                                         callback=self.callback)
         finally:
             self.phase = "done"
