@@ -80,7 +80,7 @@ def _worker(out_dir: str, schedule: Schedule) -> None:
     torch.save({"toy": toy, "calls": calls, "solves": solves}, Path(out_dir) / f"rank{rank}.pt")
 
 
-@pytest.mark.parametrize("num_processes, kind", [(2, "ddim"), (3, "ddim"), (2, "flow")])
+@pytest.mark.parametrize("num_processes, kind", [(2, "ddim"), (3, "ddim")])  # flow matching: test_pipelines
 def test_sharded_results_equal_single_process(tmp_path: Path, num_processes: int, kind: str) -> None:
     schedule = _schedule(kind)
     _launch(_worker, (str(tmp_path), schedule), num_processes, tmp_path)

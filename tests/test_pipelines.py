@@ -162,3 +162,41 @@ def test_unsupported_arguments_and_configurations_are_named():
         sample(pipe, **kwargs)
     # The pipeline is left as it was: its own call runs its own loop again.
     assert "forward" not in pipe.transformer.__dict__ and "step" not in pipe.scheduler.__dict__
+
+
+def test_return_dict_false_and_given_latents():
+    pipe = tiny_pipeline("sd3")
+    latents = torch.randn((1, 4, 8, 8), generator=_generator(5))
+    kwargs = dict(**tiny_embeddings("sd3", 1), num_inference_steps=STEPS, output_type="latent", latents=latents,
+                  return_dict=False)
+    reference = pipe(**kwargs)[0]
+    parallel = sample(pipe, **kwargs, **TIGHT)
+    assert isinstance(parallel.output, tuple)
+    torch.testing.assert_close(parallel.images, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(parallel.result.trajectory[:, -1].float(), latents)
+
+
+# ------------------------------------------------------------------------------- several processes
+def _sharded_worker(out_dir: str) -> None:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    pipe = tiny_pipeline("flux")
+    out = sample(pipe, **tiny_embeddings("flux", 2), height=16, width=16, num_inference_steps=STEPS,
+                 output_type="latent", generator=_generator(), accelerator=accelerator, window_size=6, **TIGHT)
+    torch.save({"latents": out.images, "iterations": out.result.per_sample_iterations},
+               f"{out_dir}/rank{accelerator.process_index}.pt")
+
+
+def test_flow_matching_pipeline_on_two_processes_equals_one(tmp_path):
+    from test_distributed import _launch
+
+    _launch(_sharded_worker, (str(tmp_path),), 2, tmp_path)
+    pipe = tiny_pipeline("flux")
+    single = sample(pipe, **tiny_embeddings("flux", 2), height=16, width=16, num_inference_steps=STEPS,
+                    output_type="latent", generator=_generator(), window_size=6, **TIGHT)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert got["iterations"] == single.result.per_sample_iterations
+        # float32 network: a row's result may differ in the last bits with the batch's composition.
+        assert float((got["latents"] - single.images).abs().max()) < 1e-5

@@ -73,7 +73,7 @@ def adapter_for(pipe: Any, max_batch_size: int | None = None) -> PipelineAdapter
 def sample(pipe: Any, *, window_size: int | None = None, order: int | None = None, memory_size: int | None = None,
            tol1: float | None = None, tol2: float | None = None, max_iters: int | None = None,
            callback: Callback | None = None, map_form: str | None = None, max_batch_size: int | None = None,
-           **pipe_kwargs: Any) -> ParallelPipelineOutput:
+           accelerator: Any = None, **pipe_kwargs: Any) -> ParallelPipelineOutput:
     """Run ``pipe(**pipe_kwargs)`` with its denoising loop solved in parallel by ParaTAA.
 
     A drop-in for a pipeline call: the same arguments, the same initial latents from the same
@@ -87,6 +87,9 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
             options; None takes the library's recommended value.
         callback: called with every ``paratAA.IterationRecord`` as the solve goes.
         max_batch_size: most rows per network forward pass (guidance copies included); default 64.
+        accelerator: an ``accelerate.Accelerator`` to split each iteration's network rows across
+            its processes (``paratAA.distributed``). Every process calls ``sample`` with the same
+            arguments (the same generator seeds) and gets the same result.
         **pipe_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``,
             ``guidance_scale``, ``num_inference_steps``, ``generator``, ``output_type``, ...).
 
@@ -103,7 +106,7 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
     adapter.check_arguments(arguments)
     given = dict(window_size=window_size, order=order, memory_size=memory_size, tol1=tol1, tol2=tol2,
                  max_iters=max_iters, map_form=map_form)
-    run = _ParallelRun(adapter, arguments, given, callback)
+    run = _ParallelRun(adapter, arguments, given, callback, accelerator)
     with run.installed():
         output = pipe(**pipe_kwargs)
     if run.result is None:
@@ -116,8 +119,9 @@ class _ParallelRun:
     """The state of one ``sample`` call: records the first step's network calls, then solves."""
 
     def __init__(self, adapter: PipelineAdapter, arguments: dict[str, Any], given: dict[str, Any],
-                 callback: Callback | None):
+                 callback: Callback | None, accelerator: Any):
         self.adapter, self.arguments, self.given, self.callback = adapter, arguments, given, callback
+        self.accelerator = accelerator
         self.phase = "record"  # record -> solving -> done
         self.calls: list[NetworkCall] = []
         self.outputs: list[Any] = []
@@ -190,6 +194,10 @@ class _ParallelRun:
         if bool((schedule.c != 0).any()):
             _replay_step_noise(noise, scheduler, model_output, step_kwargs.get("generator"))
         eps_fn = self.adapter.eps_fn(self.calls, schedule, num_samples, self.arguments)
+        if self.accelerator is not None:
+            from paratAA.distributed import shard_eps_fn
+
+            eps_fn = shard_eps_fn(eps_fn, self.accelerator)
         self.phase = "solving"
         try:
             self.result = paratAA.solve(eps_fn, schedule, noise, **solver_options(self.given),
