@@ -200,3 +200,14 @@ def test_flow_matching_pipeline_on_two_processes_equals_one(tmp_path):
         assert got["iterations"] == single.result.per_sample_iterations
         # float32 network: a row's result may differ in the last bits with the batch's composition.
         assert float((got["latents"] - single.images).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("kind, extra", [("sdxl", {}), ("sd3", {}), ("flux", dict(max_sequence_length=16))])
+def test_tiny_pipelines_with_prompts(kind, extra):
+    """The tiny pipelines' own text encoders (CLIP; Flux: CLIP and T5): prompts as a user passes them."""
+    pipe = tiny_pipeline(kind)
+    kwargs = dict(prompt=["a red cube", "the dog"], height=16, width=16, num_inference_steps=STEPS,
+                  output_type="latent", **extra)
+    reference, parallel = _both(pipe, **kwargs)
+    _assert_same_latents(reference, parallel, num_samples=2)
+    assert float((reference.images[0] - reference.images[1]).abs().max()) > 1e-2  # the prompts matter
