@@ -1,6 +1,7 @@
 """paratAA.pipelines.sample against the pipeline's own call on tiny random pipelines (SD, SDXL, SD3, Flux, DiT)."""
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
@@ -211,3 +212,29 @@ def test_tiny_pipelines_with_prompts(kind, extra):
     reference, parallel = _both(pipe, **kwargs)
     _assert_same_latents(reference, parallel, num_samples=2)
     assert float((reference.images[0] - reference.images[1]).abs().max()) > 1e-2  # the prompts matter
+
+
+# -------------------------------------------------------------------- prepare: the solve's inputs, decode
+def _prepared_case(kind):
+    if kind == "sd":
+        return _sd(), dict(prompt=["a red cube", "the dog"], guidance_scale=4.0)
+    if kind == "dit":
+        return tiny_sd_or_dit("dit"), dict(class_labels=[1, 7], guidance_scale=4.0)
+    extra = dict(height=16, width=16) if kind == "flux" else {}
+    return tiny_pipeline(kind), dict(**tiny_embeddings(kind, 2), **extra)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "sd3", "flux", "dit"])
+def test_prepare_gives_the_solve_inputs_and_the_pipelines_decoder(kind):
+    import paratAA
+    from paratAA.pipelines import prepare
+
+    pipe, kwargs = _prepared_case(kind)
+    kwargs.update(num_inference_steps=STEPS, output_type="np")
+    prepared = prepare(pipe, **kwargs, generator=_generator())
+    assert prepared.noise.shape[:2] == (2, STEPS + 1)
+    result = paratAA.solve(prepared.eps_fn, prepared.schedule, prepared.noise, **TIGHT)
+    images = prepared.decode(result.samples)
+    reference = pipe(**kwargs, generator=_generator()).images  # the pipeline is intact afterwards
+    np.testing.assert_allclose(images, reference, atol=1e-4)
+    assert isinstance(prepared.decode(result.samples, output_type="pil")[0], PIL.Image.Image)

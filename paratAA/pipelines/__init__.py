@@ -7,13 +7,16 @@ out.images   # what pipe(...).images would be
 out.result   # paratAA.SolveResult: iterations, evaluations, records
 ```
 
-One adapter per pipeline family (``families``), sharing ``base.PipelineAdapter``; ``supported()``
+``prepare(pipe, **pipe_kwargs)`` stops the call at its first step and returns ``paratAA.solve``'s
+inputs (schedule, per-row ``eps_fn``, noise) and a decoder, for callers that run the solve
+themselves. One adapter per pipeline family (``families``), sharing ``base.PipelineAdapter``; ``supported()``
 lists the pipelines and schedulers. Only this package imports diffusers.
 """
 
 from .base import NetworkCall, PipelineAdapter, UnsupportedPipelineError
 from .families import DiTAdapter, FluxAdapter, SD3Adapter, StableDiffusionAdapter
-from .sampling import ParallelPipelineOutput, adapter_for, sample, supported
+from .sampling import ParallelPipelineOutput, Prepared, adapter_for, prepare, sample, supported
 
 __all__ = ["DiTAdapter", "FluxAdapter", "NetworkCall", "ParallelPipelineOutput", "PipelineAdapter", "SD3Adapter",
-           "StableDiffusionAdapter", "UnsupportedPipelineError", "adapter_for", "sample", "supported"]
+           "Prepared", "StableDiffusionAdapter", "UnsupportedPipelineError", "adapter_for", "prepare", "sample",
+           "supported"]

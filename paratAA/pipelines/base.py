@@ -166,6 +166,18 @@ class PipelineAdapter:
         """
         raise NotImplementedError
 
+    def decode(self, latents: torch.Tensor, arguments: dict[str, Any], output_type: str) -> Any:
+        """Final latents to the pipeline's images, as its call ends (``output_type`` as it handles it)."""
+        if output_type == "latent":
+            return latents
+        with torch.no_grad():
+            pixels = self.decode_pixels(latents, arguments)
+        return self.pipe.image_processor.postprocess(pixels, output_type=output_type)
+
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        """The VAE's image in [-1, 1] from final latents (the family's post-loop code)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------------------ the network
     def bind(self, args: tuple, kwargs: dict) -> NetworkCall:
         """Record a denoiser call by parameter name."""

@@ -55,6 +55,29 @@ class StableDiffusionAdapter(PipelineAdapter):
             guided = rescale_noise_cfg(guided, text, guidance_rescale=rescale)
         return guided
 
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        vae = self.pipe.vae
+        if type(self.pipe).__name__ == "StableDiffusionPipeline":
+            return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        # SDXL: float32 VAE when it overflows in float16, latents de-normalised with its mean and std if set.
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            self.pipe.upcast_vae()
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        if getattr(self.pipe, "watermark", None) is not None:
+            image = self.pipe.watermark.apply_watermark(image)
+        return image
+
 
 class SD3Adapter(PipelineAdapter):
     """``StableDiffusion3Pipeline``: flow matching; transformer with joint text attention and pooled projections.
@@ -79,6 +102,10 @@ class SD3Adapter(PipelineAdapter):
             return parts[0]
         uncond, text = parts
         return _guided(uncond, text, self.pipe.guidance_scale)
+
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        vae = self.pipe.vae
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
 
 
 class FluxAdapter(PipelineAdapter):
@@ -111,6 +138,13 @@ class FluxAdapter(PipelineAdapter):
         (cond,), (negative,) = outputs
         return negative + arguments["true_cfg_scale"] * (cond - negative)
 
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        pipe, vae = self.pipe, self.pipe.vae
+        default = pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = arguments.get("height") or default, arguments.get("width") or default
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # the pipeline's own unpacking
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+
 
 class DiTAdapter(PipelineAdapter):
     """``DiTPipeline``: class-conditional; with guidance the batch is [classes, null class] and
@@ -136,6 +170,16 @@ class DiTAdapter(PipelineAdapter):
             return out[:, :channels] if self.module.config.out_channels // 2 == channels else out
         cond, uncond = parts
         return _guided(uncond[:, :channels], cond[:, :channels], arguments["guidance_scale"])
+
+    def decode(self, latents: torch.Tensor, arguments: dict[str, Any], output_type: str) -> Any:
+        """As ``DiTPipeline`` ends: images in [0, 1]; ``pt`` tensors, else numpy (``pil``: PIL images)."""
+        with torch.no_grad():
+            samples = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+        samples = (samples / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return samples
+        samples = samples.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.pipe.numpy_to_pil(samples) if output_type == "pil" else samples
 
 
 ADAPTERS: tuple[type[PipelineAdapter], ...] = (StableDiffusionAdapter, SD3Adapter, FluxAdapter, DiTAdapter)

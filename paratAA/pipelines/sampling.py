@@ -18,7 +18,7 @@ from paratAA.schedule import Schedule
 from .base import Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, solver_options
 from .families import ADAPTERS
 
-__all__ = ["ParallelPipelineOutput", "adapter_for", "sample", "supported"]
+__all__ = ["ParallelPipelineOutput", "Prepared", "adapter_for", "prepare", "sample", "supported"]
 
 _MISSING = object()
 
@@ -115,6 +115,67 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
     return ParallelPipelineOutput(images=images, result=run.result, output=output)
 
 
+@dataclass
+class Prepared:
+    """A pipeline call up to its denoising loop, as ``paratAA.solve``'s inputs (``prepare``).
+
+    Attributes:
+        schedule: the pipeline's configured scheduler as a ``paratAA.Schedule``.
+        eps_fn: the network as the pipeline calls it, per row (conditioning of each sample).
+        noise: float64 ``(B, T+1, *latent)``: ``[:, T]`` the pipeline's initial latents, ``[:, i]``
+            the noise its ``step`` would draw at step i (zeros for deterministic samplers).
+        adapter: the pipeline family's adapter.
+        arguments: the pipeline call's arguments, defaults filled in.
+        latent_dtype: the dtype of the pipeline's latents.
+    """
+
+    schedule: Schedule
+    eps_fn: paratAA.EpsFn
+    noise: torch.Tensor
+    adapter: PipelineAdapter
+    arguments: dict[str, Any]
+    latent_dtype: torch.dtype
+
+    def decode(self, latents: torch.Tensor, output_type: str | None = None) -> Any:
+        """Final latents ``(B, *latent)`` to images, as the pipeline's call ends (``output_type``
+        default: the call's)."""
+        latents = latents.to(self.noise.device, self.latent_dtype)
+        return self.adapter.decode(latents, self.arguments, output_type or self.arguments.get("output_type", "pil"))
+
+
+class _Prepared(Exception):
+    """Stops a pipeline call at its first step (``prepare``)."""
+
+
+def prepare(pipe: Any, *, max_batch_size: int | None = None, accelerator: Any = None,
+            **pipe_kwargs: Any) -> Prepared:
+    """Run ``pipe(**pipe_kwargs)`` up to its first denoising step and return the solve's inputs.
+
+    For callers that run ``paratAA.solve`` themselves (the entry scripts: their own noise through
+    ``latents=``, per-iteration images through ``Prepared.decode``). The network runs once (the
+    recorded first call); the pipeline is left as it was.
+
+    Args:
+        pipe, max_batch_size, accelerator, **pipe_kwargs: as for ``sample``.
+
+    Returns:
+        The ``Prepared`` schedule, ``eps_fn``, noise and decoder.
+    """
+    adapter = adapter_for(pipe, max_batch_size)
+    arguments = adapter.call_arguments(pipe_kwargs)
+    adapter.check_arguments(arguments)
+    run = _ParallelRun(adapter, arguments, {}, None, accelerator)
+    run.stop_after_prepare = True
+    try:
+        with run.installed():
+            pipe(**pipe_kwargs)
+    except _Prepared:
+        pass
+    if run.prepared is None:
+        raise UnsupportedPipelineError(f"{type(pipe).__name__}: the pipeline never stepped its scheduler")
+    return run.prepared
+
+
 class _ParallelRun:
     """The state of one ``sample`` call: records the first step's network calls, then solves."""
 
@@ -128,6 +189,8 @@ class _ParallelRun:
         self.replayed = 0
         self.final: torch.Tensor | None = None
         self.result: paratAA.SolveResult | None = None
+        self.prepared: Prepared | None = None
+        self.stop_after_prepare = False
 
     # ----------------------------------------------------------------------------- instance patches
     @contextlib.contextmanager
@@ -175,6 +238,19 @@ class _ParallelRun:
 
     # ---------------------------------------------------------------------------------------- solve
     def _solve(self, model_output: torch.Tensor, sample: torch.Tensor, step_kwargs: dict[str, Any]) -> None:
+        self.prepared = self._prepare(model_output, sample, step_kwargs)
+        if self.stop_after_prepare:
+            raise _Prepared
+        prepared = self.prepared
+        self.phase = "solving"
+        try:
+            self.result = paratAA.solve(prepared.eps_fn, prepared.schedule, prepared.noise,
+                                        **solver_options(self.given), callback=self.callback)
+        finally:
+            self.phase = "done"
+        self.final = self.result.samples
+
+    def _prepare(self, model_output: torch.Tensor, sample: torch.Tensor, step_kwargs: dict[str, Any]) -> "Prepared":
         if not self.calls:
             raise UnsupportedPipelineError(
                 f"{type(self.adapter.pipe).__name__}: the pipeline stepped its scheduler without calling "
@@ -198,13 +274,8 @@ class _ParallelRun:
             from paratAA.distributed import shard_eps_fn
 
             eps_fn = shard_eps_fn(eps_fn, self.accelerator)
-        self.phase = "solving"
-        try:
-            self.result = paratAA.solve(eps_fn, schedule, noise, **solver_options(self.given),
-                                        callback=self.callback)
-        finally:
-            self.phase = "done"
-        self.final = self.result.samples
+        return Prepared(schedule=schedule, eps_fn=eps_fn, noise=noise, adapter=self.adapter,
+                        arguments=self.arguments, latent_dtype=sample.dtype)
 
 
 def _replay_step_noise(noise: torch.Tensor, scheduler: Any, model_output: torch.Tensor, generator: Any) -> None:
