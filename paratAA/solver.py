@@ -28,16 +28,16 @@ from typing import Callable
 import torch
 
 from paratAA.anderson import TriangularAnderson
-from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
+from paratAA.batch import INIT_RULES, BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
 from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
 from paratAA.schedule import Schedule
 from paratAA.validation import NonFiniteError, checked_output, is_int, validate_noise
 
 FULL_ORDER = "window"  # order = the window size: every unknown anchored on the window's top
 # The configuration ``solve`` runs with the method options left out (benchmarks/RESULTS.md, "Defaults").
-RECOMMENDED = {"order": FULL_ORDER, "memory_size": 2, "map_form": "increment"}
+RECOMMENDED = {"order": FULL_ORDER, "memory_size": 2, "map_form": "increment", "init": "denoised"}
 # The reference scripts' method (the paper's equations); their orders differ per script (DiT 100, SD 20).
-PAPER = {"memory_size": 2, "map_form": "affine"}
+PAPER = {"memory_size": 2, "map_form": "affine", "init": "copy"}
 
 __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver", "solve",
            "sequential"]
@@ -53,6 +53,7 @@ class _Settings:
     anderson_lambda: float
     reanchor: bool
     map_form: str
+    init: str
 
 
 class _SampleSolver(SampleStrategy):
@@ -64,7 +65,7 @@ class _SampleSolver(SampleStrategy):
         self.anderson = (TriangularAnderson(settings.window_size, tuple(x.shape[1:]), settings.memory_size,
                                             settings.anderson_lambda, x.device)
                          if settings.memory_size >= 2 else None)
-        super().__init__(x, z, schedule, settings.window_size, frontier, initialized_from)
+        super().__init__(x, z, schedule, settings.window_size, frontier, initialized_from, settings.init)
 
     def update(self, out: torch.Tensor) -> float:
         lo, hi = self.window.bounds
@@ -78,6 +79,7 @@ class _SampleSolver(SampleStrategy):
         unconverged = torch.nonzero(~converged).flatten()
         highest_unconverged = int(unconverged.max()) if unconverged.numel() else None
 
+        self.remember_denoised(out)
         order_map = order_k_map if cfg.map_form == "affine" else increment_map
         residual = order_map(x_above, a, g, min(cfg.order, hi - lo)) - x_window
         if self.anderson is not None and highest_unconverged is not None:
@@ -106,10 +108,10 @@ class Solver(BatchSolver):
                  order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
                  max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
                  variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
-                 map_form: str | None = None):
+                 map_form: str | None = None, init: str | None = None):
         validate_noise(schedule, noise)
         settings = _settings(schedule.num_steps, window_size, order, memory_size, tol1, tol2, anderson_lambda,
-                             reanchor, map_form)
+                             reanchor, map_form, init)
         _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps)
         num_steps = schedule.num_steps
         schedule = schedule.to(noise.device)
@@ -131,7 +133,8 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
           order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
           max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
           variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
-          map_form: str | None = None, callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
+          map_form: str | None = None, init: str | None = None,
+          callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
     """Solve B sampling trajectories in parallel (FP, FP+ or ParaTAA; see the module docstring).
 
     Left out, the method options take the recommended configuration (``RECOMMENDED``), chosen from
@@ -159,6 +162,9 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
             lag of the frontier after a jump; the solution is unchanged.
         map_form: the form of the order-K equations (``paratAA.equations``): ``"affine"``, the
             paper's, or ``"increment"``, a telescoping sum of step increments with the same solution.
+        init: how steps entering the window start (``paratAA.batch.SampleStrategy``): ``"copy"``
+            of the lowest initialised latent (the paper's rule) or ``"denoised"`` (the sampler's
+            steps with the latest predicted sample held fixed). Only the iterations change.
         callback: called with every ``IterationRecord`` as soon as it is made.
 
     Returns:
@@ -171,7 +177,7 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
     solver = Solver(eps_fn, schedule, noise, window_size=window_size, order=order, memory_size=memory_size,
                     tol1=tol1, tol2=tol2, max_iters=max_iters, init_trajectory=init_trajectory,
                     variation_steps=variation_steps, anderson_lambda=anderson_lambda, reanchor=reanchor,
-                    map_form=map_form)
+                    map_form=map_form, init=init)
     return solver.run(callback)
 
 
@@ -200,14 +206,15 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
 
 
 def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, anderson_lambda, reanchor,
-              map_form) -> _Settings:
+              map_form, init) -> _Settings:
     """Validate the method options and fill in the recommended values of those left out (None)."""
     window_size = num_steps if window_size is None else window_size
     if not is_int(window_size) or window_size < 1:
         raise ValueError(f"window_size must be an integer >= 1, got {window_size!r}")
     window_size = min(window_size, num_steps)
-    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form}
-    order, memory_size, map_form = (RECOMMENDED[name] if value is None else value for name, value in chosen.items())
+    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form, "init": init}
+    order, memory_size, map_form, init = (RECOMMENDED[name] if value is None else value
+                                          for name, value in chosen.items())
     if order == FULL_ORDER:
         order = window_size
     if not is_int(order) or order < 1:
@@ -223,8 +230,10 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
         raise ValueError(f"anderson_lambda must be a finite number > 0, got {anderson_lambda!r}")
     if map_form not in MAP_FORMS:
         raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
+    if init not in INIT_RULES:
+        raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
     return _Settings(window_size, order, memory_size, float(tol1), float(tol2), float(anderson_lambda),
-                     bool(reanchor), map_form)
+                     bool(reanchor), map_form, init)
 
 
 def _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps) -> None:

@@ -74,6 +74,65 @@ def test_variants_converge_to_sequential(eta, map_form, reanchor, window, order,
     assert (result.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+@pytest.mark.parametrize("map_form, window, memory", [("increment", T, 2), ("increment", 7, 3), ("affine", 11, 2)])
+def test_denoised_initialisation_converges_to_sequential(eta, prediction, map_form, window, memory):
+    schedule = ddim_schedule(eta=eta, prediction=prediction)
+    eps_fn = mixture_eps(schedule)
+    noise = sample_noise(6, 2, T, LATENT)
+    result = solve(eps_fn, schedule, noise, window_size=window, memory_size=memory, map_form=map_form,
+                   init="denoised", **TIGHT)
+    assert result.converged and result.iterations <= T
+    assert (result.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_denoised_coefficients_recover_the_clean_sample(prediction):
+    schedule = ddim_schedule(prediction=prediction)
+    abar = schedule.alphas_cumprod.view(-1, 1)
+    x0, eps = torch.randn(T, 5, dtype=torch.float64), torch.randn(T, 5, dtype=torch.float64)
+    x = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    out = {"epsilon": eps, "sample": x0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
+    p, q = schedule.denoised_coefficients()
+    torch.testing.assert_close(p.view(-1, 1) * x + q.view(-1, 1) * out, x0, rtol=0, atol=1e-10)
+
+
+def test_denoised_initialisation_starts_on_the_sampler_with_the_clean_sample_held():
+    """Steps joining the window are the sampler's steps with x0_hat fixed: for a network whose x0
+    prediction is one constant, every joined step then satisfies its own equation exactly."""
+    schedule = ddim_schedule(eta=1.0)
+    x0 = torch.randn(1, *LATENT, dtype=torch.float64)
+    abar = schedule.alphas_cumprod
+
+    def fixed_x0_eps(x, steps, samples):
+        a = abar[steps].view(-1, *([1] * len(LATENT)))
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    noise = sample_noise(2, 1, T, LATENT)
+    solver = paratAA.Solver(fixed_x0_eps, schedule, noise, window_size=5, init="denoised", tol1=1e-3, tol2=0.0)
+    old_lo = T - 5
+    next(solver.iterate())
+    new_lo = solver.records[0].frontier[0] - 5
+    assert new_lo < old_lo
+    x, zero = solver.trajectory[0], torch.zeros(1, dtype=torch.long)
+    for j in range(new_lo, old_lo):
+        expected = schedule.step(j, x[j + 1], fixed_x0_eps(x[j + 1:j + 2], zero + j, zero)[0], noise[0, j])
+        torch.testing.assert_close(x[j], expected, rtol=0, atol=1e-12)
+
+
+def test_defaults_are_the_recommended_method_and_exact():
+    schedule = ddim_schedule(eta=0.0)
+    eps_fn = mixture_eps(schedule)
+    noise = sample_noise(3, 2, T, LATENT)
+    default = solve(eps_fn, schedule, noise, **TIGHT)
+    options = {k: v for k, v in paratAA.RECOMMENDED.items() if k != "order"}
+    explicit = solve(eps_fn, schedule, noise, window_size=T, order=T, **options, **TIGHT)
+    assert torch.equal(default.trajectory, explicit.trajectory) and default.iterations == explicit.iterations
+    assert default.records[0].windows == [(0, T)] * 2  # window_size defaults to T
+    assert (default.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
+
+
 @pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
 def test_other_prediction_types_converge_to_sequential(prediction):
     schedule = ddim_schedule(eta=1.0, prediction=prediction)
@@ -141,7 +200,8 @@ def adversarial_eps(x: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor)
 
 @pytest.mark.parametrize("window, order, memory, variant", [
     (T, T, 2, {}), (T, T, 5, {}), (10, 10, 3, {}), (T, 1, 1, {}), (T, 5, 4, {}), (T, T, 3, dict(reanchor=True)),
-    (T, T, 3, dict(map_form="increment", reanchor=True)), (9, 4, 2, dict(map_form="increment"))])
+    (T, T, 3, dict(map_form="increment", reanchor=True)), (9, 4, 2, dict(map_form="increment")),
+    (T, T, 2, dict(init="denoised")), (6, 6, 2, dict(init="denoised", map_form="increment"))])
 def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory, variant):
     schedule = ddim_schedule(eta=1.0)
     noise = sample_noise(0, 2, T, LATENT)
@@ -267,6 +327,7 @@ def test_nan_from_the_network_stops_the_solve():
     (dict(init_trajectory=torch.zeros(1, T + 1, *LATENT), variation_steps=0), "variation_steps"),
     (dict(noise=torch.zeros(1, T, *LATENT)), "noise"),
     (dict(map_form="picard"), "map_form"),
+    (dict(init="zeros"), "init"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     schedule = ddim_schedule()
