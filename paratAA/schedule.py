@@ -110,6 +110,8 @@ class Schedule:
         For the prediction type of the network (``x0`` written through ``x_t`` and ``out``). Used to
         initialise steps by holding the predicted sample fixed (``paratAA.batch``).
         """
+        if self.scheduler_sigmas is not None:
+            return _sigma_denoised_coefficients(self.scheduler_sigmas, self.prediction_type)
         (x0_x, x0_out), _ = _as_x_and_out(self.alphas_cumprod, self.prediction_type)
         return x0_x, x0_out
 
@@ -330,6 +332,16 @@ def _from_sigma_scheduler(cls: type, scheduler: Any, eta: float, verify: bool, s
     if verify:
         _verify_sigma_scheduler(result, scheduler)
     return result
+
+
+def _sigma_denoised_coefficients(s: torch.Tensor, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p, q)`` with ``x0 = p x + q out`` at noise level ``s``: flow matching ``x - s v``; Euler as its
+    ``step`` computes ``pred_original_sample`` (``x`` unscaled, ``x = x0 + s n``)."""
+    if prediction_type == "flow_prediction" or prediction_type == "epsilon":
+        return torch.ones_like(s), -s
+    if prediction_type == "v_prediction":
+        return 1 / (s**2 + 1), -s / (s**2 + 1).sqrt()
+    return torch.zeros_like(s), torch.ones_like(s)  # sample
 
 
 def _flow_scale(s: torch.Tensor) -> torch.Tensor:

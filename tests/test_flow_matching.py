@@ -183,3 +183,25 @@ def test_parallel_solve_equals_sequential_and_diffusers_loop(make, map_form):
     loop = _diffusers_loop(scheduler, velocity_fn, schedule, noise[:, -1].clone())
     assert float((loop - reference[:, 0]).abs().max()) < 1e-4  # diffusers' step runs in float32
     assert float(reference[:, 0].abs().max()) > 0.1  # a real sample, not a collapse to zero
+
+
+@pytest.mark.parametrize("make", [lambda: sd3_scheduler(12), lambda: euler_scheduler(12, prediction_type="epsilon"),
+                                  lambda: euler_scheduler(12, prediction_type="v_prediction"),
+                                  lambda: euler_scheduler(12, prediction_type="sample")],
+                         ids=["flow", "euler-eps", "euler-v", "euler-sample"])
+def test_denoised_coefficients_are_the_schedulers_predicted_sample(make):
+    """``solve(init="denoised")`` holds x0 = p x + q out fixed: diffusers' own pred_original_sample."""
+    scheduler = make()
+    schedule = Schedule.from_scheduler(scheduler)
+    p, q = schedule.denoised_coefficients()
+    gen = torch.Generator().manual_seed(2)
+    for k, t in enumerate(scheduler.timesteps):
+        i = schedule.num_steps - 1 - k
+        x, out = (torch.randn(3, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+        scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else None
+        step = scheduler.step(out, t, x)
+        if hasattr(step, "pred_original_sample"):
+            expected = step.pred_original_sample.double()
+        else:  # flow matching: the clean end of the straight line through x with velocity out
+            expected = x - schedule.scheduler_sigmas[i] * out
+        torch.testing.assert_close(p[i] * x + q[i] * out, expected, rtol=1e-5, atol=1e-5)
