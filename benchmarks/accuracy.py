@@ -24,6 +24,8 @@ Usage::
     .venv/bin/python -m benchmarks.accuracy --quick                        # a few minutes on 2 CPU cores
     .venv/bin/python -m benchmarks.accuracy                                # the full grid (digits, gmm)
     .venv/bin/python -m benchmarks.accuracy --problems digits --scenarios ddim-50 --windows T
+    .venv/bin/python -m benchmarks.accuracy --problems gmm --scenarios fm-28,fm-50 --windows T \
+        --out benchmarks/results/accuracy_flow.json                        # flow matching (SD3's sampler)
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ STOP_BELOW = 1e-5  # a sweep stops once a run is this close to the sequential sa
 # ParaDiGMS and ParaSolver (their bounds are tolerance^2 * sigma^2 on a mean squared change).
 SOLVE_TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
 STRIDE_TOLERANCES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
-# Scenarios: name -> (sampler, T, eta). "ddim" builds a DDIMScheduler (eta may be 1), "ddpm" a DDPMScheduler.
+# Scenarios: name -> (sampler, T, eta). "ddim" builds a DDIMScheduler (eta may be 1), "ddpm" a DDPMScheduler,
+# "flow" SD3's FlowMatchEulerDiscreteScheduler (shift 3; the gmm problem only: its exact rectified-flow velocity).
 SCENARIOS = {"ddim-25": ("ddim", 25, 0.0), "ddim-50": ("ddim", 50, 0.0), "ddim-100": ("ddim", 100, 0.0),
-             "eta1-100": ("ddim", 100, 1.0), "ddpm-1000": ("ddpm", 1000, 1.0)}
+             "eta1-100": ("ddim", 100, 1.0), "ddpm-1000": ("ddpm", 1000, 1.0),
+             "fm-28": ("flow", 28, 0.0), "fm-50": ("flow", 50, 0.0)}
+FLOW_PROBLEMS = ("gmm",)
 FULL_SCENARIOS = ("ddim-25", "ddim-50", "ddim-100", "eta1-100")
 QUICK_SCENARIOS = ("ddim-25", "eta1-100")
 
@@ -232,6 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         unknown = [v for v in values if v not in known]
         if unknown:
             parser.error(f"{flag}: unknown {unknown}; choose from {', '.join(known)}")
+    flow = [s for s in scenarios if SCENARIOS[s][0] == "flow"]
+    if flow and any(p not in FLOW_PROBLEMS for p in args.problems):
+        parser.error(f"--scenarios {','.join(flow)}: flow matching runs on --problems {','.join(FLOW_PROBLEMS)} only")
     for w in windows:
         if w not in ("T", "T/4") and not (w.isdigit() and int(w) >= 1):
             parser.error(f"--windows: {w!r} is not T, T/4 or a positive integer")
