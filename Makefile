@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine (see README.md):
-#   make demo   install into .venv if needed, then run ParaTAA on a tiny DiT on the CPU
+#   make demo   install into .venv if needed, then run ParaTAA on the trained digits DiT (models/digits) on the CPU
 #   make test   install into .venv if needed, then run the test suite (the metrics extra included: its tests need it)
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	touch $@
 
 demo: install
-	$(PY) parallel_dit.py --model_path tiny --num_samples 2 --timesteps 25 --output_path runs/demo --check_sequential
+	$(PY) parallel_dit.py --model_path digits --class_labels 0 1 2 3 4 5 6 7 8 9 --timesteps 50 --output_path runs/demo --check_sequential
 
 test: install
 	$(PY) -m pytest

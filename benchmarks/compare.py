@@ -92,6 +92,15 @@ def _ordinary_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
     return scheduler
 
 
+def flow_matching_scheduler(num_steps: int) -> Any:
+    """SD3's flow-matching Euler scheduler (static shift 3.0), ``set_timesteps(num_steps)`` done."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
 def load_problem(name: str, args: argparse.Namespace) -> Problem:
     """Build a problem by name (``--dit_path`` / ``--sd_path`` for the real models)."""
     from benchmarks.diffusers_paradigms import scheduler_pair
@@ -104,7 +113,9 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
 
         gmm = gaussian_mixture_problem((4, 32, 32), num_components=8, seed=args.seed)
         config = DDIMScheduler().config  # linear betas 1e-4..0.02, leading spacing, final alpha 1 (DiT's schedule)
-        return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _ordinary_scheduler(config, s, t))
+        # sampler "flow": the same mixture under rectified flow, its exact velocity (SD3's sampler).
+        return Problem(name, (4, 32, 32), gmm.eps_fn,
+                       lambda s, t: flow_matching_scheduler(t) if s == "flow" else _ordinary_scheduler(config, s, t))
     if name in ("tiny-dit", "dit", "digits"):
         from models import load_dit
 

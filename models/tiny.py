@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
-import string
-import tempfile
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -32,6 +28,8 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from paratAA.pipelines.tiny import tiny_clip_tokenizer
 
 __all__ = [
     "DIT_SCHEDULER_CONFIG",
@@ -50,8 +48,7 @@ DIT_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=
 SD_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                            beta_schedule="scaled_linear", set_alpha_to_one=False, skip_prk_steps=True,
                            steps_offset=1, prediction_type="epsilon")
-_TOKENIZER_MAX_LENGTH = 16
-_TOKENIZER_MERGES = ("t h", "th e</w>", "a n", "an d</w>", "o f</w>", "c a", "ca t</w>", "d o", "do g</w>")
+_TOKENIZER_MAX_LENGTH = 16  # tiny_clip_tokenizer's
 
 
 def _tiny_vae() -> AutoencoderKL:
@@ -86,20 +83,8 @@ def build_tiny_dit_pipeline(seed: int = SEED) -> DiTPipeline:
 
 
 def _tiny_tokenizer() -> CLIPTokenizer:
-    """A real CLIP BPE tokenizer over lowercase letters, digits and a few merges.
-
-    transformers 5.x ignores ``CLIPTokenizer(vocab_file=..., merges_file=...)``; loading the files
-    with ``from_pretrained`` from a directory works.
-    """
-    symbols = string.ascii_lowercase + string.digits + ".,!?'-"
-    vocab: dict[str, int] = {}
-    for token in [*symbols, *(s + "</w>" for s in symbols), *(m.replace(" ", "") for m in _TOKENIZER_MERGES),
-                  "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "vocab.json").write_text(json.dumps(vocab))
-        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(_TOKENIZER_MERGES) + "\n")
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=_TOKENIZER_MAX_LENGTH)
+    """A real CLIP BPE tokenizer over lowercase letters, digits and a few merges (``paratAA.pipelines.tiny``)."""
+    return tiny_clip_tokenizer()
 
 
 def build_tiny_sd_pipeline(seed: int = SEED) -> StableDiffusionPipeline:

@@ -15,6 +15,22 @@ clipping or thresholding is affine in the sample, the network output and the ste
 DDPM posterior standard deviation of the step (the DDIM ``eta = 1`` one), which scales the
 convergence test.
 
+Flow matching and k-diffusion Euler (``FlowMatchEulerDiscreteScheduler``: SD3, Flux;
+``EulerDiscreteScheduler``: SDXL) are affine too and deterministic (``c = 0``). With the
+scheduler's noise levels ``s = scheduler_sigmas[i]`` (of ``x[i+1]``) and ``s'`` (of ``x[i]``):
+
+- flow matching: ``out`` is the velocity (``prediction_type = "flow_prediction"``), ``a = 1``,
+  ``b = s' - s``;
+- Euler: the network sees ``input_scale[i] * x[i+1]`` with ``input_scale = 1 / sqrt(s^2 + 1)``
+  (what ``scheduler.scale_model_input`` does; the model adapter applies it), and for epsilon
+  ``a = 1, b = s' - s``; for v_prediction ``a = 1 + (s' - s) s / (s^2 + 1)``,
+  ``b = (s' - s) / sqrt(s^2 + 1)``.
+
+Their ``alphas_cumprod`` and ``sigma`` are those of the equivalent variance-preserving process
+(``x = scale * x_vp``; flow matching: ``abar = (1-s)^2 / ((1-s)^2 + s^2)``, Euler:
+``abar = 1 / (1 + s^2)``), ``sigma`` expressed in the sampler's own units, so ``tol2`` means
+the same thing for every sampler.
+
 The coefficients follow the scheduler's own rules (which previous timestep a step goes to, the
 final alpha), so they reproduce ``scheduler.step`` for every timestep spacing; ``from_scheduler``
 checks that by calling ``step`` itself.
@@ -31,6 +47,8 @@ import torch
 __all__ = ["Schedule", "ScheduleError"]
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_FLOW_MATCH, _EULER = "FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler"
+_SIGMA_SCHEDULERS = (_FLOW_MATCH, _EULER)  # schedulers that keep ``sigmas`` and a step counter
 # DDPM variance rules whose noise is a fixed, input-independent standard deviation.
 _DDPM_FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
 
@@ -46,10 +64,17 @@ class Schedule:
     Attributes:
         a, b, c: float64 ``(T,)``: ``x[i] = a[i] x[i+1] + b[i] out_i + c[i] z[i]``.
         sigma: float64 ``(T,)``: DDPM posterior std of step ``i`` (scales the tolerance ``tol2``).
-        timesteps: int64 ``(T,)``, increasing: the network's timestep at step ``i``.
-        alphas_cumprod: float64 ``(T,)``: ``alphas_cumprod[timesteps[i]]``.
-        prediction_type: what the network predicts: ``epsilon``, ``v_prediction`` or ``sample``.
-        eta: the DDIM eta the coefficients were built with (1.0 for DDPM).
+        timesteps: ``(T,)``, increasing: the network's timestep at step ``i``, in the scheduler's
+            own dtype (int64 for DDIM/DDPM; float32 for Euler and flow matching).
+        alphas_cumprod: float64 ``(T,)``: ``alphas_cumprod[timesteps[i]]`` (flow matching, Euler:
+            of the equivalent variance-preserving process, see the module docstring).
+        prediction_type: what the network predicts: ``epsilon``, ``v_prediction``, ``sample`` or
+            ``flow_prediction`` (a flow-matching velocity).
+        eta: the DDIM eta the coefficients were built with (1.0 for DDPM, 0.0 for Euler and flow matching).
+        scheduler_sigmas: float64 ``(T,)``: Euler and flow matching: the scheduler's noise level
+            ``scheduler.sigmas`` of ``x[i+1]``, the input of step ``i``; None for DDIM/DDPM.
+        input_scale: float64 ``(T,)``: the network's input at step ``i`` is
+            ``input_scale[i] * x[i+1]`` (``scheduler.scale_model_input``; Euler); None means 1.
     """
 
     a: torch.Tensor
@@ -60,6 +85,8 @@ class Schedule:
     alphas_cumprod: torch.Tensor
     prediction_type: str = "epsilon"
     eta: float = 0.0
+    scheduler_sigmas: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -72,9 +99,10 @@ class Schedule:
 
     def to(self, device: torch.device | str) -> "Schedule":
         """The same schedule with its tensors on ``device``."""
-        move = lambda t: t.to(device)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, a=move(self.a), b=move(self.b), c=move(self.c), sigma=move(self.sigma),
-                       timesteps=move(self.timesteps), alphas_cumprod=move(self.alphas_cumprod))
+                       timesteps=move(self.timesteps), alphas_cumprod=move(self.alphas_cumprod),
+                       scheduler_sigmas=move(self.scheduler_sigmas), input_scale=move(self.input_scale))
 
     def denoised_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p, q)``, float64 ``(T,)``: step ``i``'s prediction of the sample is ``p[i] x[i+1] + q[i] out_i``.
@@ -82,6 +110,8 @@ class Schedule:
         For the prediction type of the network (``x0`` written through ``x_t`` and ``out``). Used to
         initialise steps by holding the predicted sample fixed (``paratAA.batch``).
         """
+        if self.scheduler_sigmas is not None:
+            return _sigma_denoised_coefficients(self.scheduler_sigmas, self.prediction_type)
         (x0_x, x0_out), _ = _as_x_and_out(self.alphas_cumprod, self.prediction_type)
         return x0_x, x0_out
 
@@ -90,18 +120,26 @@ class Schedule:
         return self.a[i] * x_next + self.b[i] * out + self.c[i] * z
 
     @classmethod
-    def from_scheduler(cls, scheduler: Any, eta: float = 0.0, *, verify: bool = True) -> "Schedule":
-        """Build the schedule of a diffusers ``DDIMScheduler`` or ``DDPMScheduler``.
+    def from_scheduler(cls, scheduler: Any, eta: float = 0.0, *, verify: bool = True,
+                       s_churn: float = 0.0) -> "Schedule":
+        """Build the schedule of a diffusers ``DDIMScheduler``, ``DDPMScheduler``,
+        ``EulerDiscreteScheduler`` or ``FlowMatchEulerDiscreteScheduler``.
 
         Call ``scheduler.set_timesteps(T)`` first. Every timestep spacing (``leading``, ``trailing``,
         ``linspace``) and final-alpha rule is supported, as are the prediction types ``epsilon``,
         ``v_prediction`` and ``sample``; DDPM needs a fixed variance (``fixed_small``,
-        ``fixed_small_log`` or ``fixed_large``) and ignores ``eta``.
+        ``fixed_small_log`` or ``fixed_large``) and ignores ``eta``. Euler (epsilon, v_prediction
+        or sample prediction, any sigma schedule) and flow matching (static ``shift``, dynamic
+        shifting with ``mu``, custom ``sigmas``, Karras/exponential/beta sigmas) are deterministic:
+        ``eta`` must be 0, and Euler's churn (``s_churn > 0``, a ``step`` argument no diffusers
+        pipeline passes) is refused.
 
         Args:
-            scheduler: a configured diffusers DDIM or DDPM scheduler.
+            scheduler: a configured diffusers DDIM, DDPM, Euler or flow-matching Euler scheduler.
             eta: DDIM stochasticity, ``>= 0`` (0: deterministic DDIM, 1: DDPM-like noise).
-            verify: check the coefficients against ``scheduler.step`` on random inputs.
+            verify: check the coefficients against ``scheduler.step`` on random inputs (Euler
+                and flow matching: on a copy of the scheduler, whose ``step`` keeps a step counter).
+            s_churn: the ``s_churn`` an Euler step loop would pass to ``step``; only 0 is supported.
 
         Returns:
             The schedule, on the CPU.
@@ -114,9 +152,12 @@ class Schedule:
                 fails there too).
         """
         kind = type(scheduler).__name__
+        if kind in _SIGMA_SCHEDULERS:
+            return _from_sigma_scheduler(cls, scheduler, eta, verify, s_churn)
         if kind not in ("DDIMScheduler", "DDPMScheduler"):
             raise ScheduleError(
-                f"scheduler: {kind} is not supported; use a DDIMScheduler or DDPMScheduler "
+                f"scheduler: {kind} is not supported; use a DDIMScheduler, DDPMScheduler, "
+                "EulerDiscreteScheduler or FlowMatchEulerDiscreteScheduler "
                 "(e.g. DDIMScheduler.from_config(pipe.scheduler.config))")
         _check_affine_config(scheduler)
         if getattr(scheduler, "num_inference_steps", None) is None:
@@ -244,6 +285,108 @@ def _verify_against_step(schedule: Schedule, scheduler: Any) -> None:
         expected = schedule.step(i, x, out, z)
         worst = max(worst, float(((got.to(torch.float64) - expected).abs() / (1 + expected.abs())).max()))
     if not worst <= 1e-4:  # scheduler.step works in float32: a few ulps, amplified near t = 0
+        raise ScheduleError(
+            f"scheduler: its step() differs from the affine coefficients by {worst:.2e}; "
+            "this configuration is not supported")
+
+
+# --------------------------------------------------------------------------- Euler and flow matching
+def _from_sigma_scheduler(cls: type, scheduler: Any, eta: float, verify: bool, s_churn: float) -> Schedule:
+    """``Schedule.from_scheduler`` for ``EulerDiscreteScheduler`` and ``FlowMatchEulerDiscreteScheduler``."""
+    kind = type(scheduler).__name__
+    config = scheduler.config
+    if getattr(scheduler, "num_inference_steps", None) is None:
+        raise ScheduleError("scheduler: call scheduler.set_timesteps(T) before Schedule.from_scheduler")
+    if eta != 0:
+        raise ScheduleError(f"eta: {kind} is deterministic, eta must be 0 (got {eta!r})")
+    if s_churn != 0:
+        raise ScheduleError(
+            f"s_churn: {kind} with s_churn={s_churn!r} adds noise inside step() (not supported); use s_churn=0")
+    if kind == _FLOW_MATCH:
+        if config.stochastic_sampling:
+            raise ScheduleError("scheduler: stochastic_sampling=True re-noises every step inside step() "
+                                "(not supported); use FlowMatchEulerDiscreteScheduler.from_config(config, "
+                                "stochastic_sampling=False)")
+        prediction_type = "flow_prediction"
+    else:
+        prediction_type = config.prediction_type
+        if prediction_type == "original_sample":
+            prediction_type = "sample"
+        if prediction_type not in _PREDICTION_TYPES:
+            raise ScheduleError(f"scheduler: prediction_type {prediction_type!r} is not one of {_PREDICTION_TYPES}")
+
+    sigmas = scheduler.sigmas.detach().cpu().to(torch.float64)  # T + 1 noise levels, noisiest first
+    num_steps = len(scheduler.timesteps)
+    if sigmas.shape[0] != num_steps + 1:
+        raise ScheduleError(f"scheduler: {num_steps} timesteps but {sigmas.shape[0]} sigmas (expected T + 1)")
+    # Step i (increasing order) is scheduler iteration T-1-i: from sigmas[T-1-i] to sigmas[T-i].
+    s = sigmas[:-1].flip(0)
+    s_next = sigmas[1:].flip(0)
+    dt = s_next - s
+    if kind == _FLOW_MATCH:
+        a, b, input_scale = torch.ones_like(s), dt, None
+        scale, scale_next = _flow_scale(s), _flow_scale(s_next)
+        abar, abar_next = ((1 - s) / scale) ** 2, ((1 - s_next) / scale_next) ** 2
+    else:
+        root = (s**2 + 1).sqrt()
+        input_scale = 1 / root
+        if prediction_type == "epsilon":
+            a, b = torch.ones_like(s), dt
+        elif prediction_type == "v_prediction":
+            a, b = 1 + dt * s / root**2, dt / root
+        else:  # sample: derivative (x - out) / s
+            a, b = 1 + dt / s, -dt / s
+        scale, scale_next = root, (s_next**2 + 1).sqrt()
+        abar, abar_next = 1 / root**2, 1 / scale_next**2
+    # The equivalent variance-preserving step's posterior std, in the sampler's units (scales tol2).
+    abar_next = torch.maximum(abar_next, abar)  # guards rounding only: noise levels decrease
+    sigma = scale_next * ((1 - abar_next) / (1 - abar).clamp(min=1e-300) * (1 - abar / abar_next)).clamp(min=0).sqrt()
+    result = cls(a=a, b=b, c=torch.zeros_like(a), sigma=sigma, timesteps=scheduler.timesteps.detach().cpu().flip(0),
+                 alphas_cumprod=abar, prediction_type=prediction_type, eta=0.0, scheduler_sigmas=s,
+                 input_scale=input_scale)
+    if verify:
+        _verify_sigma_scheduler(result, scheduler)
+    return result
+
+
+def _sigma_denoised_coefficients(s: torch.Tensor, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p, q)`` with ``x0 = p x + q out`` at noise level ``s``: flow matching ``x - s v``; Euler as its
+    ``step`` computes ``pred_original_sample`` (``x`` unscaled, ``x = x0 + s n``)."""
+    if prediction_type == "flow_prediction" or prediction_type == "epsilon":
+        return torch.ones_like(s), -s
+    if prediction_type == "v_prediction":
+        return 1 / (s**2 + 1), -s / (s**2 + 1).sqrt()
+    return torch.zeros_like(s), torch.ones_like(s)  # sample
+
+
+def _flow_scale(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt((1-s)^2 + s^2)``: a rectified-flow ``x_s = (1-s) x0 + s n`` is this times a VP sample."""
+    return ((1 - s) ** 2 + s**2).sqrt()
+
+
+def _verify_sigma_scheduler(schedule: Schedule, scheduler: Any) -> None:
+    """Run the scheduler's own step loop (on a copy: ``step`` advances a counter) against the formula."""
+    import copy
+
+    loop = copy.deepcopy(scheduler)
+    loop._step_index = None  # diffusers' step counter: start from the first timestep (noqa: SLF001)
+    if hasattr(loop, "set_begin_index"):
+        loop.set_begin_index(0)
+    gen = torch.Generator().manual_seed(0)
+    shape = (2, 3)
+    worst = 0.0
+    num_steps = schedule.num_steps
+    for k, t in enumerate(loop.timesteps):
+        i = num_steps - 1 - k
+        x, out = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
+        scaled = loop.scale_model_input(x, t) if hasattr(loop, "scale_model_input") else x
+        if schedule.input_scale is not None:
+            expected_input = schedule.input_scale[i] * x
+            worst = max(worst, float((scaled.to(torch.float64) - expected_input).abs().max()))
+        got = loop.step(out, t, x).prev_sample.to(torch.float64)
+        expected = schedule.step(i, x, out, torch.zeros_like(x))
+        worst = max(worst, float(((got - expected).abs() / (1 + expected.abs())).max()))
+    if not worst <= 1e-4:  # step() works in float32
         raise ScheduleError(
             f"scheduler: its step() differs from the affine coefficients by {worst:.2e}; "
             "this configuration is not supported")

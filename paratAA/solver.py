@@ -221,9 +221,8 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
     if isinstance(order, str) and order == FULL_ORDER:
         order = window_size
     require_int("order", order)
-    if order > window_size:  # the window asked for, not the one capped at T: order is capped with it
+    if order > window_size:
         raise ValueError(f"order ({order}) must not exceed window_size ({window_size})")
-    window_size, order = int(min(window_size, num_steps)), int(min(order, num_steps))
     require_int("memory_size", memory_size)
     require_real("tol1", tol1)
     require_real("tol2", tol2)
@@ -233,8 +232,9 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
         raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
     if init not in INIT_RULES:
         raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
-    return _Settings(window_size, order, int(memory_size), float(tol1), float(tol2), float(anderson_lambda),
-                     bool(reanchor), map_form, init)
+    # A window larger than T is capped at T; the order K only ever acts up to the window's length.
+    return _Settings(int(min(window_size, num_steps)), int(order), int(memory_size), float(tol1), float(tol2),
+                     float(anderson_lambda), bool(reanchor), map_form, init)
 
 
 def _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps) -> None:

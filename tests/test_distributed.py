@@ -34,11 +34,11 @@ def _rows(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, torch.arange(n) % NUM_STEPS, torch.arange(n) % 2
 
 
-def _schedule() -> Schedule:
-    """DDIM (eta 0), on which ParaTAA needs fewer than T iterations here."""
-    from diffusers import DDIMScheduler  # parent only: spawned workers get the schedule pickled
+def _schedule(kind: str = "ddim") -> Schedule:
+    """DDIM (eta 0) or SD3's flow matching, on which ParaTAA needs fewer than T iterations here."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler  # parent only: workers get it pickled
 
-    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler = DDIMScheduler(clip_sample=False) if kind == "ddim" else FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(NUM_STEPS)
     return Schedule.from_scheduler(scheduler, eta=0.0)
 
@@ -80,9 +80,9 @@ def _worker(out_dir: str, schedule: Schedule) -> None:
     torch.save({"toy": toy, "calls": calls, "solves": solves}, Path(out_dir) / f"rank{rank}.pt")
 
 
-@pytest.mark.parametrize("num_processes", [2, 3])
-def test_sharded_results_equal_single_process(tmp_path: Path, num_processes: int) -> None:
-    schedule = _schedule()
+@pytest.mark.parametrize("num_processes, kind", [(2, "ddim"), (3, "ddim")])  # flow matching: test_pipelines
+def test_sharded_results_equal_single_process(tmp_path: Path, num_processes: int, kind: str) -> None:
+    schedule = _schedule(kind)
     _launch(_worker, (str(tmp_path), schedule), num_processes, tmp_path)
     outs = [torch.load(tmp_path / f"rank{r}.pt") for r in range(num_processes)]
 

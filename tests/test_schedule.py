@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, LMSDiscreteScheduler
 
 from paratAA import Schedule, ScheduleError
 
@@ -84,7 +84,7 @@ def test_sigma_is_the_posterior_std_and_eta_scales_c():
     (lambda: DDIMScheduler(clip_sample=False, thresholding=True), "thresholding"),
     (lambda: DDPMScheduler(clip_sample=False, variance_type="learned_range"), "variance_type"),
     (lambda: DDPMScheduler(clip_sample=False, variance_type="fixed_large_log"), "variance_type"),
-    (lambda: EulerDiscreteScheduler(), "EulerDiscreteScheduler"),
+    (lambda: LMSDiscreteScheduler(), "LMSDiscreteScheduler"),
 ])
 def test_non_affine_configurations_are_refused(make, match):
     scheduler = make()

@@ -1,0 +1,185 @@
+"""The adapters of the supported pipeline families: how each pipeline calls its network and guides it.
+
+Each class mirrors one diffusers pipeline's denoising-loop body (read its ``__call__``): which
+network arguments are per-row conditioning, how the step's timestep reaches the network, and how
+classifier-free guidance combines the outputs. Everything else comes from the pipeline itself
+(``paratAA.pipelines.base``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import PipelineAdapter
+
+__all__ = ["ADAPTERS", "DiTAdapter", "FluxAdapter", "SD3Adapter", "StableDiffusionAdapter"]
+
+def _guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """``uncond + scale * (cond - uncond)``, in the network's dtype, as the pipelines compute it."""
+    return uncond + scale * (cond - uncond)
+
+
+class StableDiffusionAdapter(PipelineAdapter):
+    """``StableDiffusionPipeline`` (SD 1.x, 2.x; epsilon or v prediction) and ``StableDiffusionXLPipeline``.
+
+    UNet call: ``unet(latents, t, encoder_hidden_states, timestep_cond, cross_attention_kwargs,
+    added_cond_kwargs)`` (SDXL: ``text_embeds``, ``time_ids``); guidance on the [negative,
+    positive] halves of the batch, as the pipeline concatenates them, then ``guidance_rescale``
+    when set.
+    """
+
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+    schedulers = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
+    suggested_scheduler = {"StableDiffusionPipeline": "DDIMScheduler", "StableDiffusionXLPipeline": "EulerDiscreteScheduler"}
+    denoiser = "unet"
+    latent_argument = "sample"
+    batched_arguments = ("encoder_hidden_states", "timestep_cond", "class_labels", "added_cond_kwargs.text_embeds",
+                         "added_cond_kwargs.time_ids")
+    unsupported_arguments = {
+        **PipelineAdapter.unsupported_arguments,
+        "denoising_end": "it stops the loop part-way (SDXL base + refiner); run the full loop",
+    }
+
+    def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
+        (parts,) = outputs
+        if len(parts) == 1:
+            return parts[0]
+        uncond, text = parts
+        guided = _guided(uncond, text, self.pipe.guidance_scale)
+        rescale = getattr(self.pipe, "guidance_rescale", 0.0)
+        if rescale > 0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            guided = rescale_noise_cfg(guided, text, guidance_rescale=rescale)
+        return guided
+
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        vae = self.pipe.vae
+        if type(self.pipe).__name__ == "StableDiffusionPipeline":
+            return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        # SDXL: float32 VAE when it overflows in float16, latents de-normalised with its mean and std if set.
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            self.pipe.upcast_vae()
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        if getattr(self.pipe, "watermark", None) is not None:
+            image = self.pipe.watermark.apply_watermark(image)
+        return image
+
+
+class SD3Adapter(PipelineAdapter):
+    """``StableDiffusion3Pipeline``: flow matching; transformer with joint text attention and pooled projections.
+
+    Guidance on the [negative, positive] halves of the batch. Skip-layer guidance is refused.
+    """
+
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    schedulers = ("FlowMatchEulerDiscreteScheduler",)
+    suggested_scheduler = {"StableDiffusion3Pipeline": "FlowMatchEulerDiscreteScheduler"}
+    denoiser = "transformer"
+    latent_argument = "hidden_states"
+    batched_arguments = ("encoder_hidden_states", "pooled_projections")
+    unsupported_arguments = {
+        **PipelineAdapter.unsupported_arguments,
+        "skip_guidance_layers": "skip-layer guidance adds a network pass on some steps only",
+    }
+
+    def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
+        (parts,) = outputs
+        if len(parts) == 1:
+            return parts[0]
+        uncond, text = parts
+        return _guided(uncond, text, self.pipe.guidance_scale)
+
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        vae = self.pipe.vae
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+
+
+class FluxAdapter(PipelineAdapter):
+    """``FluxPipeline``: flow matching on packed latents ``(B, tokens, channels)``.
+
+    The transformer gets ``timestep / 1000`` in the latents' dtype and, for guidance-distilled
+    models (``guidance_embeds``), the embedded ``guidance`` per row. True CFG
+    (``true_cfg_scale > 1`` with a negative prompt) is a second call with the negative embeddings:
+    ``neg + true_cfg_scale * (cond - neg)``.
+    """
+
+    pipeline_classes = ("FluxPipeline",)
+    schedulers = ("FlowMatchEulerDiscreteScheduler",)
+    suggested_scheduler = {"FluxPipeline": "FlowMatchEulerDiscreteScheduler"}
+    denoiser = "transformer"
+    latent_argument = "hidden_states"
+    batched_arguments = ("encoder_hidden_states", "pooled_projections", "guidance")
+    unsupported_arguments = {
+        **PipelineAdapter.unsupported_arguments,
+        "negative_ip_adapter_image": "IP-Adapter inputs are not supported",
+        "negative_ip_adapter_image_embeds": "IP-Adapter inputs are not supported",
+    }
+
+    def network_timestep(self, t: torch.Tensor, latent_dtype: torch.dtype) -> torch.Tensor:
+        return t.to(latent_dtype) / 1000
+
+    def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
+        if len(outputs) == 1:
+            return outputs[0][0]
+        (cond,), (negative,) = outputs
+        return negative + arguments["true_cfg_scale"] * (cond - negative)
+
+    def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
+        pipe, vae = self.pipe, self.pipe.vae
+        default = pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = arguments.get("height") or default, arguments.get("width") or default
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)  # the pipeline's own unpacking
+        return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
+
+
+class DiTAdapter(PipelineAdapter):
+    """``DiTPipeline``: class-conditional; with guidance the batch is [classes, null class] and
+    every latent channel is guided; learned-sigma channels are dropped. The pipeline steps the
+    doubled batch, so ``step`` carries two copies of each sample.
+    """
+
+    pipeline_classes = ("DiTPipeline",)
+    schedulers = ("DDIMScheduler", "DDPMScheduler")
+    suggested_scheduler = {"DiTPipeline": "DDIMScheduler"}
+    denoiser = "transformer"
+    latent_argument = "hidden_states"
+    batched_arguments = ("class_labels",)
+
+    def step_copies(self, arguments: dict[str, Any]) -> int:
+        return 2 if arguments["guidance_scale"] > 1 else 1
+
+    def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
+        (parts,) = outputs
+        channels = self.module.config.in_channels
+        if len(parts) == 1:
+            out = parts[0]
+            return out[:, :channels] if self.module.config.out_channels // 2 == channels else out
+        cond, uncond = parts
+        return _guided(uncond[:, :channels], cond[:, :channels], arguments["guidance_scale"])
+
+    def decode(self, latents: torch.Tensor, arguments: dict[str, Any], output_type: str) -> Any:
+        """As ``DiTPipeline`` ends: images in [0, 1]; ``pt`` tensors, else numpy (``pil``: PIL images)."""
+        with torch.no_grad():
+            samples = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+        samples = (samples / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return samples
+        samples = samples.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.pipe.numpy_to_pil(samples) if output_type == "pil" else samples
+
+
+ADAPTERS: tuple[type[PipelineAdapter], ...] = (StableDiffusionAdapter, SD3Adapter, FluxAdapter, DiTAdapter)
