@@ -19,7 +19,7 @@ from typing import Any
 # public name -> the module that defines it
 _EXPORTS = {
     "EpsFn": "paratAA.batch", "IterationRecord": "paratAA.batch", "SolveResult": "paratAA.batch",
-    "PAPER": "paratAA.solver", "RECOMMENDED": "paratAA.solver", "Solver": "paratAA.solver",
+    "PAPER": "paratAA.defaults", "RECOMMENDED": "paratAA.defaults", "Solver": "paratAA.solver",
     "sequential": "paratAA.solver", "solve": "paratAA.solver",
     "NonFiniteError": "paratAA.errors", "Schedule": "paratAA.schedule", "ScheduleError": "paratAA.schedule",
     "sample_noise": "paratAA.noise",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
+from paratAA.defaults import PAPER, PAPER_WINDOW, RECOMMENDED
 from paratAA.errors import NonFiniteError
 
 if TYPE_CHECKING:  # torch is imported after parsing, so that --help and usage errors are fast
@@ -145,7 +146,7 @@ class ReferenceDefaults:
     """Per-script defaults of the reference scripts (the rest are shared)."""
 
     timesteps: int
-    order: int  # fitted to the window: --order defaults to min(order, --window_size)
+    order: int  # with --paper: --order defaults to min(order, --window_size)
     model_path: str
     num_samples: int | None = 10  # None: the script derives it (DiT: from --class_labels)
 
@@ -182,20 +183,30 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                           help=f"number of samples, solved together; memory grows linearly with it {count}")
 
     solver = parser.add_argument_group("ParaTAA")
-    solver.add_argument("--window_size", type=int, default=100,
+    solver.add_argument("--paper", action="store_true",
+                        help="reproduce the reference scripts' method and defaults: the paper's affine "
+                             f"equations, --window_size {PAPER_WINDOW}, --order min({defaults.order}, --window_size), "
+                             "--memory_size 2, new steps copied (--init copy); flags given explicitly still win. "
+                             "Without it the recommended method runs (increment form, window T, full order, "
+                             "--init denoised: fewest iterations at equal accuracy, see benchmarks/RESULTS.md)")
+    solver.add_argument("--window_size", type=int, default=None,
                         help="steps evaluated in parallel per sample and iteration (capped at --timesteps); "
                              "memory: about 2 x --memory_size + 8 latents per window step and sample "
-                             "(default: %(default)s)")
+                             f"(default: --timesteps; {PAPER_WINDOW} with --paper)")
     solver.add_argument("--order", type=int, default=None,
-                        help="order of the nonlinear equations, at most --window_size (default: "
-                             f"min({defaults.order}, --window_size): the reference scripts' {defaults.order}, "
-                             "lowered to a smaller window)")
-    solver.add_argument("--memory_size", type=int, default=2,
+                        help="order of the nonlinear equations, at most --window_size (default: --window_size; "
+                             f"with --paper min({defaults.order}, --window_size), the reference scripts' "
+                             f"{defaults.order} lowered to a smaller window)")
+    solver.add_argument("--memory_size", type=int, default=None,
                         help="iterates kept for Triangular Anderson Acceleration; 1 turns it off "
-                             "(plain fixed-point iteration); 2 to 5 recommended; memory: 2 x memory_size latents "
-                             "per window step and sample (default: %(default)s)")
+                             "(plain fixed-point iteration); memory: 2 x memory_size latents per window step "
+                             f"and sample (default: {RECOMMENDED['memory_size']})")
     solver.add_argument("--tol1", type=float, default=1e-3,
-                        help="a step has converged when its RMS residual <= tol1 ... (default: %(default)s)")
+                        help="a step has converged when its RMS residual <= tol1 ... (default: %(default)s). "
+                             "What it means for the result (benchmarks/RESULTS.md, 'What a tolerance means'): "
+                             "with the recommended method, tol1 = tol2 = t ends typically within about 5 t "
+                             "(largest entry) of the sequential sample, at worst about 20 t; for 1e-3 of "
+                             "it, ask for 1e-4")
     solver.add_argument("--tol2", type=float, default=1e-3,
                         help="... or <= tol2 * the step's eta=1 noise std (default: %(default)s)")
     solver.add_argument("--anderson_lambda", type=float, default=1e-3,
@@ -204,10 +215,15 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="extension, off by default: re-anchor the accelerated steps on the plain update of "
                              "the highest unconverged step (removes the frontier's one-step lag after a jump; "
                              "same solution; see paratAA.solve)")
-    solver.add_argument("--map_form", choices=("affine", "increment"), default="affine",
+    solver.add_argument("--map_form", choices=("affine", "increment"), default=None,
                         help="form of the order-k equations: 'affine' is the paper's; 'increment' (a telescoping "
                              "sum of step increments, same solution) needs markedly fewer iterations "
-                             "(see benchmarks/RESULTS.md) (default: %(default)s)")
+                             f"(see benchmarks/RESULTS.md) (default: {RECOMMENDED['map_form']}; affine with --paper)")
+    solver.add_argument("--init", choices=("copy", "denoised"), default=None,
+                        help="how steps entering the window start: 'copy' of the lowest latent (the paper's) or "
+                             "'denoised' (the sampler's steps with the latest predicted sample held fixed; same "
+                             f"solution, fewer iterations with small windows) (default: {RECOMMENDED['init']}; "
+                             "copy with --paper)")
     solver.add_argument("--max_steps", type=int, default=None,
                         help="cap, counted as in the reference scripts: at most N saved images per sample "
                              "including the initial one, i.e. at most N - 1 parallel iterations (N >= 2). "
@@ -242,6 +258,21 @@ def fit_default(args: argparse.Namespace, flag: str, value: Any) -> None:
         setattr(args, flag, value)
 
 
+def fit_method_defaults(args: argparse.Namespace, defaults: ReferenceDefaults) -> None:
+    """Fill in the method flags left out: the recommended method, or the reference scripts' with ``--paper``.
+
+    Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, increment form,
+    memory 2, ``--init denoised``. ``--paper``: window 100, order min(script's order, window),
+    affine form, memory 2, ``--init copy``.
+    """
+    method = PAPER if args.paper else RECOMMENDED
+    fit_default(args, "window_size", PAPER_WINDOW if args.paper else args.timesteps)
+    if args.window_size is not None and args.window_size >= 1:
+        fit_default(args, "order", min(defaults.order, args.window_size) if args.paper else args.window_size)
+    for flag in ("memory_size", "map_form", "init"):
+        fit_default(args, flag, method[flag])
+
+
 def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> torch.device:
     """Check the shared flags, fit the defaults that depend on others, expand and create ``--output_path``.
 
@@ -250,7 +281,8 @@ def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> to
 
     Args:
         args: parsed arguments carrying the flags of ``add_common_args``.
-        defaults: the script's reference defaults (``--order`` is fitted to ``--window_size``).
+        defaults: the script's reference defaults (the method flags left out are filled in by
+            ``fit_method_defaults``).
 
     Returns:
         The requested device (``--device`` or its default), checked to be usable.
@@ -262,8 +294,8 @@ def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> to
     _require(math.isfinite(args.cfg_scale), f"--cfg_scale must be finite (got {args.cfg_scale})")
     _require(0.0 <= args.eta <= 1.0, f"--eta must be in [0, 1] (got {args.eta})")
     _require(args.num_samples >= 1, f"--num_samples must be >= 1 (got {args.num_samples})")
+    fit_method_defaults(args, defaults)
     _require(args.window_size >= 1, f"--window_size must be >= 1 (got {args.window_size})")
-    fit_default(args, "order", min(defaults.order, args.window_size))
     _require(args.order >= 1, f"--order must be >= 1 (got {args.order})")
     _require(args.order <= args.window_size,
              f"--order ({args.order}) must not exceed --window_size ({args.window_size})")
@@ -340,7 +372,8 @@ def solver_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``paratAA.solve`` given by the ParaTAA flags."""
     return dict(window_size=args.window_size, order=args.order, memory_size=args.memory_size,
                 tol1=args.tol1, tol2=args.tol2, max_iters=max_iterations(args.max_steps),
-                anderson_lambda=args.anderson_lambda, reanchor=args.reanchor, map_form=args.map_form)
+                anderson_lambda=args.anderson_lambda, reanchor=args.reanchor, map_form=args.map_form,
+                init=args.init)
 
 
 def resolved_settings(adapter: Any, context: ProcessContext, schedule: Schedule,

@@ -27,18 +27,13 @@ from typing import Callable
 import torch
 
 from paratAA.anderson import TriangularAnderson
+from paratAA.defaults import FULL_ORDER, PAPER, RECOMMENDED
 from paratAA.batch import INIT_RULES, BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
 from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
 from paratAA.memory import check_solve_fits
 from paratAA.schedule import Schedule
 from paratAA.validation import (NonFiniteError, check_callable, checked_output, require_bool, require_int,
                                 require_real, validate_noise)
-
-FULL_ORDER = "window"  # order = the window size: every unknown anchored on the window's top
-# The configuration ``solve`` runs with the method options left out (benchmarks/RESULTS.md, "Defaults").
-RECOMMENDED = {"order": FULL_ORDER, "memory_size": 2, "map_form": "increment", "init": "denoised"}
-# The reference scripts' method (the paper's equations); their orders differ per script (DiT 100, SD 20).
-PAPER = {"memory_size": 2, "map_form": "affine", "init": "copy"}
 
 __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver", "solve",
            "sequential"]

@@ -156,13 +156,20 @@ def test_defaults_fit_the_given_values(tmp_path, capsys, single_thread) -> None:
     assert status == 0, lines
     [run] = run_folders(tmp_path / "winit")
     config, summary = strict_json((run / "config.json").read_text()), strict_json((run / "summary.json").read_text())
-    assert config["args"]["variation_steps"] == 3 and config["args"]["order"] == 20  # min(10, T); min(20, window 100)
+    # variation_steps min(10, T); recommended method: window T, order = window
+    assert config["args"]["variation_steps"] == 3 and config["args"]["window_size"] == config["args"]["order"] == 3
     assert summary["status"] == "completed" and summary["prompt2"]["solved_steps"] == 3
     assert strict_json((run / "prompt2" / "summary.json").read_text())["status"] == "completed"
 
     status, lines, stdout = call(parallel_dit, ["--window_size", "2", "--timesteps", "4"], tmp_path / "dit", capsys)
     assert status == 0, lines
     [run] = run_folders(tmp_path / "dit")
+    assert strict_json((run / "config.json").read_text())["args"]["order"] == 2  # = --window_size
+
+    status, lines, stdout = call(parallel_dit, ["--window_size", "2", "--timesteps", "4", "--paper"], tmp_path / "paper",
+                                 capsys)
+    assert status == 0, lines
+    [run] = run_folders(tmp_path / "paper")
     assert strict_json((run / "config.json").read_text())["args"]["order"] == 2  # min(100, --window_size)
     help_text = " ".join(parallel_sd_winit.build_parser().format_help().split())
     assert "min(10, --timesteps)" in help_text and "min(20, --window_size)" in help_text
