@@ -201,14 +201,15 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="iterates kept for Triangular Anderson Acceleration; 1 turns it off "
                              "(plain fixed-point iteration); memory: 2 x memory_size latents per window step "
                              f"and sample (default: {RECOMMENDED['memory_size']})")
-    solver.add_argument("--tol1", type=float, default=1e-3,
-                        help="a step has converged when its RMS residual <= tol1 ... (default: %(default)s). "
-                             "What it means for the result (benchmarks/RESULTS.md, 'What a tolerance means'): "
-                             "with the recommended method, tol1 = tol2 = t ends typically within about 5 t "
-                             "(largest entry) of the sequential sample, at worst about 20 t; for 1e-3 of "
-                             "it, ask for 1e-4")
-    solver.add_argument("--tol2", type=float, default=1e-3,
-                        help="... or <= tol2 * the step's eta=1 noise std (default: %(default)s)")
+    solver.add_argument("--tol1", type=float, default=None,
+                        help="a step has converged when its RMS residual <= tol1 ... (default: "
+                             f"{RECOMMENDED['tol1']:g}; {PAPER['tol1']:g} with --paper). It bounds residuals, not the "
+                             "result: the final difference from the sequential sample is roughly the accepted "
+                             "residuals added up, a few to ten times the tolerance (benchmarks/RESULTS.md, 'What a "
+                             "tolerance means'); the default lands within about 1e-3 of it")
+    solver.add_argument("--tol2", type=float, default=None,
+                        help="... or <= tol2 * the step's eta=1 noise std (default: "
+                             f"{RECOMMENDED['tol2']:g}; {PAPER['tol2']:g} with --paper)")
     solver.add_argument("--anderson_lambda", type=float, default=1e-3,
                         help="regularisation lambda of the Anderson least squares, > 0 (default: %(default)s)")
     solver.add_argument("--reanchor", action="store_true",
@@ -262,14 +263,14 @@ def fit_method_defaults(args: argparse.Namespace, defaults: ReferenceDefaults) -
     """Fill in the method flags left out: the recommended method, or the reference scripts' with ``--paper``.
 
     Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, increment form,
-    memory 2, ``--init denoised``. ``--paper``: window 100, order min(script's order, window),
-    affine form, memory 2, ``--init copy``.
+    memory 2, ``--init denoised``, tolerances 1e-4. ``--paper``: window 100, order min(script's
+    order, window), affine form, memory 2, ``--init copy``, tolerances 1e-3.
     """
     method = PAPER if args.paper else RECOMMENDED
     fit_default(args, "window_size", PAPER_WINDOW if args.paper else args.timesteps)
     if args.window_size is not None and args.window_size >= 1:
         fit_default(args, "order", min(defaults.order, args.window_size) if args.paper else args.window_size)
-    for flag in ("memory_size", "map_form", "init"):
+    for flag in ("memory_size", "map_form", "init", "tol1", "tol2"):
         fit_default(args, flag, method[flag])
 
 

@@ -101,7 +101,8 @@ class Solver(BatchSolver):
     """
 
     def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
-                 order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
+                 order: int | None = None, memory_size: int | None = None, tol1: float | None = None,
+                 tol2: float | None = None,
                  max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
                  variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
                  map_form: str | None = None, init: str | None = None):
@@ -128,7 +129,8 @@ class Solver(BatchSolver):
 
 
 def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
-          order: int | None = None, memory_size: int | None = None, tol1: float = 1e-3, tol2: float = 1e-3,
+          order: int | None = None, memory_size: int | None = None, tol1: float | None = None,
+          tol2: float | None = None,
           max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
           variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
           map_form: str | None = None, init: str | None = None,
@@ -147,8 +149,9 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
         order: K of the order-K equations, ``1 <= order <= window_size`` (default: the window size).
         memory_size: iterates kept per step for TAA; 1 disables acceleration.
         tol1, tol2: a step has converged when the RMS of its first-order residual is
-            ``<= tol1`` or ``<= tol2 * sigma_i``. Smaller values give a result closer to the
-            sequential sample (measured in benchmarks/RESULTS.md).
+            ``<= tol1`` or ``<= tol2 * sigma_i`` (default 1e-4 each, ``RECOMMENDED``). They bound
+            residuals, not the final difference: that is roughly the accepted residuals added up,
+            a few to ten times the tolerance (measured in benchmarks/RESULTS.md).
         max_iters: stop after this many iterations even if unconverged (None: run to the end).
         init_trajectory: ``(B, T+1, *latent)`` warm start: the starting iterate of every step.
         variation_steps: with ``init_trajectory``: re-solve only steps ``i < variation_steps``,
@@ -210,9 +213,10 @@ def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, ander
     """Validate the method options and fill in the recommended values of those left out (None)."""
     window_size = num_steps if window_size is None else window_size
     require_int("window_size", window_size)
-    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form, "init": init}
-    order, memory_size, map_form, init = (RECOMMENDED[name] if value is None else value
-                                          for name, value in chosen.items())
+    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form, "init": init, "tol1": tol1,
+              "tol2": tol2}
+    order, memory_size, map_form, init, tol1, tol2 = (RECOMMENDED[name] if value is None else value
+                                                      for name, value in chosen.items())
     if isinstance(order, str) and order == FULL_ORDER:
         order = window_size
     require_int("order", order)

@@ -126,7 +126,7 @@ def test_defaults_are_the_recommended_method_and_exact():
     eps_fn = mixture_eps(schedule)
     noise = sample_noise(3, 2, T, LATENT)
     default = solve(eps_fn, schedule, noise, **TIGHT)
-    options = {k: v for k, v in paratAA.RECOMMENDED.items() if k != "order"}
+    options = {k: v for k, v in paratAA.RECOMMENDED.items() if k not in ("order", "tol1", "tol2")}
     explicit = solve(eps_fn, schedule, noise, window_size=T, order=T, **options, **TIGHT)
     assert torch.equal(default.trajectory, explicit.trajectory) and default.iterations == explicit.iterations
     assert default.records[0].windows == [(0, T)] * 2  # window_size defaults to T
