@@ -146,8 +146,8 @@ on a network that learned something, offline, in seconds on a CPU.
   like the DiT models (`linspace` timesteps, final alpha 1).
 - **Training**: {facts['steps']:,} steps of batch {facts['batch_size']}, AdamW lr {facts['lr']} (200 warm-up steps),
   gradient clipping 1.0, EMA {facts['ema_decay']} (the saved weights), seed {facts['seed']}; final smoothed
-  loss {facts['final_smoothed_loss']:.4f}; {facts['train_seconds'] / 60:.1f} minutes on {facts['threads']} CPU threads
-  (torch {facts['torch']}). Loss curve: `loss.csv`.
+  loss {facts['final_smoothed_loss']:.4f}; {facts['train_seconds'] / 60:.1f} minutes on {facts['threads']} CPU thread(s)
+  (torch {facts['torch']}; about 0.33 s per step on a free core). Loss curve: `loss.csv`.
 - **Command**: `{facts['command']}`
 - **Use**: `python parallel_dit.py --model_path digits --class_labels 0 1 2 3 4 5 6 7 8 9 --timesteps 50`
   or `models.load_dit("digits")`.
