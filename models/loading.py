@@ -95,6 +95,8 @@ def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str
             # Recent diffusers rename torch_dtype to dtype; older versions, which pyproject allows,
             # know only torch_dtype. Keep it, without a deprecation notice on every run.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            # diffusers' load_config passes an argument huggingface_hub has deprecated; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             return getattr(cls, method)(location, **kwargs)
     except LOAD_ERRORS as exc:
         raise ModelLoadError(

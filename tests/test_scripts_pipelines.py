@@ -100,3 +100,10 @@ def test_a_pipeline_the_script_does_not_run_is_named(tiny_dit_dir, tmp_path, cap
     status, _, err = _run(parallel_sd, ["--model_path", tiny_dit_dir], tmp_path, capsys)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "DiTPipeline" in lines[0] and "parallel_dit.py" in lines[0]
+
+
+def test_a_hub_id_that_is_not_available_is_one_line(tmp_path, capsys) -> None:
+    """A hub id's family comes from its model_index.json, fetched when it loads (offline here: not cached)."""
+    status, _, err = _run(parallel_sd, ["--model_path", "nobody/no-such-pipeline"], tmp_path, capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "model_path" in lines[0] and "model_index.json" in lines[0]
