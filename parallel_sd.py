@@ -1,6 +1,8 @@
-"""ParaTAA sampling of Stable Diffusion 1.5 (default ``stable-diffusion-v1-5/stable-diffusion-v1-5``) with DDIM.
+"""ParaTAA sampling of Stable Diffusion 1.5 (default ``stable-diffusion-v1-5/stable-diffusion-v1-5``) with DDIM,
+or of any text-to-image pipeline ``models.text_to_image`` detects (SD 1.x/2.x, SDXL, SD3, Flux).
 
     python parallel_sd.py --model_path tiny --num_samples 2 --timesteps 20 --prompt "a cat"   # CPU, tiny model
+    python parallel_sd.py --model_path tiny-sd3 --timesteps 20 --prompt "a cat"              # tiny SD3 (flow matching)
     accelerate launch --num_processes 8 parallel_sd.py --max_steps 15 --fp16                   # 8 GPUs
 
 Every process runs the same solver; each iteration's network calls are split across processes.
@@ -15,14 +17,16 @@ from typing import TYPE_CHECKING, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
 from models.defaults import DEFAULT_SD
-from models.loading import ModelLoadError, resolve_location
+from models.loading import ModelLoadError
+from models.text_to_image import MODEL_HELP, check_flags, pipeline_class
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, flag_checks, require_prompt,
                          run_cli, user_errors, validate_common)
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=10)
+DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=10,
+                             model_help=MODEL_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         device = validate_common(args, DEFAULTS)
         require_prompt("--prompt", args.prompt)
         with user_errors(ModelLoadError):
-            resolve_location(args.model_path, "model_path")
+            family = pipeline_class(args.model_path)  # None for a hub id: checked once it loads
+        check_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
     sample(args, device)
 
 
@@ -51,17 +56,17 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
     import torch
 
-    from models import load_sd
+    from models.text_to_image import load_text_to_image
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.noise import sample_noise
     from paratAA.runs import RunFolder, print_report, run_solve, write_config
 
     context, adapter, schedule = start(
-        args, device, lambda dev: load_sd(args.model_path, device=dev, fp16=args.fp16), ModelLoadError)
+        args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
+                                                     negative_prompt=args.negative_prompt), ModelLoadError)
     prompts = [args.prompt] * args.num_samples
     negatives = [args.negative_prompt] * args.num_samples
-    noise = sample_noise(args.seed, args.num_samples, args.timesteps, adapter.latent_shape, device=context.device)
+    noise = adapter.sample_noise(args.seed, args.num_samples, args.timesteps, device=context.device)
     eps_fn = shard_eps_fn(adapter.eps_fn(prompts, negatives, args.cfg_scale), context.accelerator)
     options = solver_options(args)
 

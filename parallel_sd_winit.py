@@ -21,14 +21,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
 from models.defaults import DEFAULT_SD
-from models.loading import ModelLoadError, resolve_location
+from models.loading import ModelLoadError
+from models.text_to_image import MODEL_HELP, check_flags, pipeline_class
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, fit_default,
                          flag_checks, require_prompt, run_cli, user_errors, validate_common)
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=1)
+DEFAULTS = ReferenceDefaults(timesteps=50, order=20, model_path=DEFAULT_SD, num_samples=1,
+                             model_help=MODEL_HELP)
 DEFAULT_VARIATION_STEPS = 10  # the reference script's
 
 
@@ -63,25 +65,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] "
                              f"(got {args.variation_steps})")
         with user_errors(ModelLoadError):
-            resolve_location(args.model_path, "model_path")
+            family = pipeline_class(args.model_path)  # None for a hub id: checked once it loads
+        check_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
     sample(args, device)
 
 
 def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
-    from models import load_sd
+    from models.text_to_image import load_text_to_image
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.noise import sample_noise
     from paratAA.runs import RunFolder, run_solve, summary_lines, write_config
 
     # Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
     context, adapter, schedule = start(
-        args, device, lambda dev: load_sd(args.model_path, device=dev, fp16=args.fp16), ModelLoadError,
+        args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
+                                                     negative_prompt=args.negative_prompt), ModelLoadError,
         kept_trajectories=1)
     count, num_steps = args.num_samples, args.timesteps
     negatives = [args.negative_prompt] * count
-    noise = sample_noise(args.seed, count, num_steps, adapter.latent_shape, device=context.device)
+    noise = adapter.sample_noise(args.seed, count, num_steps, device=context.device)
     eps = {prompt: shard_eps_fn(adapter.eps_fn([prompt] * count, negatives, args.cfg_scale), context.accelerator)
            for prompt in (args.prompt1, args.prompt2)}
     options = solver_options(args)

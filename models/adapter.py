@@ -97,6 +97,16 @@ class LatentDiffusionAdapter:
             raise ValueError("schedule: call make_schedule(num_steps, eta) first or pass schedule=")
         return schedule
 
+    def sample_noise(self, seed: int, num_samples: int, num_steps: int, device: Any = None) -> torch.Tensor:
+        """``paratAA.noise.sample_noise`` of this model's latents: sample k from seed ``seed + k``.
+
+        Returns:
+            float64 ``(num_samples, num_steps + 1, *latent_shape)``; ``[:, num_steps]`` is ``x[T]``.
+        """
+        from paratAA.noise import sample_noise
+
+        return sample_noise(seed, num_samples, num_steps, self.latent_shape, device=device)
+
     # ---------------------------------------------------------------------------------- network calls
     def _network_timesteps(self, schedule: Schedule, steps: torch.Tensor) -> torch.Tensor:
         """Training timesteps of step indices ``steps`` on the model's device, with a range check."""

@@ -70,7 +70,8 @@ def resolve_location(location: str, argument: str) -> tuple[str, str]:
     return "hub", location
 
 
-def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str, **kwargs: Any) -> Any:
+def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str, *, method: str = "from_pretrained",
+                    **kwargs: Any) -> Any:
     """``cls.from_pretrained(location, **kwargs)`` with failures turned into ``ModelLoadError``.
 
     Args:
@@ -79,6 +80,7 @@ def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str
         kind: ``"local"`` or ``"hub"``, as returned by ``resolve_location``.
         argument: the argument's name for error messages.
         what: what is being loaded, for error messages (e.g. ``"DiT pipeline"``).
+        method: the class's loading method (``"load_config"`` reads only the configuration).
         **kwargs: passed to ``from_pretrained``.
 
     Returns:
@@ -93,7 +95,9 @@ def load_pretrained(cls: Any, location: str, kind: str, argument: str, what: str
             # Recent diffusers rename torch_dtype to dtype; older versions, which pyproject allows,
             # know only torch_dtype. Keep it, without a deprecation notice on every run.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return cls.from_pretrained(location, **kwargs)
+            # diffusers' load_config passes an argument huggingface_hub has deprecated; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
+            return getattr(cls, method)(location, **kwargs)
     except LOAD_ERRORS as exc:
         raise ModelLoadError(
             f"{argument}: could not load a {what} from '{location}' as a {tried}: {first_line(exc)}") from exc

@@ -43,6 +43,12 @@ USAGE_EXIT = 2
 RUNTIME_EXIT = 1
 SIGNAL_EXIT_BASE = 128  # a run stopped by signal N exits 128 + N (130 for SIGINT, 143 for SIGTERM)
 TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (models.tiny)
+# parallel_sd.py / parallel_sd_winit.py also take tiny-sdxl, tiny-sd3, tiny-flux (paratAA.pipelines.tiny)
+
+
+def is_tiny(model_path: str) -> bool:
+    """``--model_path`` names one of the tiny random-weight models (``tiny`` or ``tiny-<family>``)."""
+    return model_path == TINY_MODEL or model_path.startswith(TINY_MODEL + "-")
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -149,6 +155,7 @@ class ReferenceDefaults:
     order: int  # with --paper: --order defaults to min(order, --window_size)
     model_path: str
     num_samples: int | None = 10  # None: the script derives it (DiT: from --class_labels)
+    model_help: str = "hub id or local path; 'tiny' builds a tiny random-weight model offline"
 
 
 MEMORY_NOTE = (
@@ -232,8 +239,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_path", default=defaults.model_path,
-                       help="hub id or local path; 'tiny' builds a tiny random-weight model offline "
-                            "(default: %(default)s)")
+                       help=defaults.model_help + " (default: %(default)s)")
     model.add_argument("--fp16", action="store_true", help="run the network in float16 (GPU only)")
     model.add_argument("--device", default=None,
                        help="torch device of a single-process run, e.g. cpu, cuda, cuda:1 (default: cuda if "
@@ -440,7 +446,7 @@ def start(args: argparse.Namespace, device: torch.device, load: Callable[[torch.
 
     context = init_processes(device)
     check_fp16(args.fp16, context.device)
-    if args.model_path == TINY_MODEL and context.device.type == "cpu":
+    if is_tiny(args.model_path) and context.device.type == "cpu":
         # Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's spinning
         # threads made them 20-50x slower (measured: 67 s -> 2.6 s for the README's tiny SD run).
         torch.set_num_threads(1)

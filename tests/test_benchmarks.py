@@ -73,3 +73,36 @@ def test_gpu_timing_tiny_cpu_smoke(tmp_path):
 def test_gpu_timing_without_cuda_says_so():
     with pytest.raises(SystemExit, match="CUDA is not available"):
         gpu_timing.main([])
+
+
+def test_accuracy_sweep_reports_fewest_iterations_at_each_accuracy(tmp_path, capsys):
+    from benchmarks import accuracy
+
+    out = tmp_path / "accuracy.json"
+    accuracy.main(["--problems", "gmm", "--scenarios", "ddim-25", "--windows", "T", "--samples", "1",
+                   "--methods", "FP+,default,ParaDiGMS,ParaSolver", "--out", str(out)])
+    [group] = json.loads(out.read_text())["groups"]
+    assert group["num_steps"] == group["window"] == 25 and set(group["methods"]) == {"FP+", "default", "ParaDiGMS",
+                                                                                     "ParaSolver"}
+    for name, method in group["methods"].items():
+        runs = method["runs"]
+        assert runs and all(1 <= r["iterations"] <= 25 and r["converged"] for r in runs)
+        for threshold, best in method["best"].items():
+            reaching = [r for r in runs if r["max_abs_diff"] <= float(threshold)]
+            assert (best is None) == (not reaching)
+            if best is not None:
+                assert best["iterations"] == min(r["iterations"] for r in reaching)
+    # the default reaches 1e-3 in fewer iterations than FP+ on this problem
+    assert group["methods"]["default"]["best"]["0.001"]["iterations"] < group["methods"]["FP+"]["best"]["0.001"]["iterations"]
+    printed = capsys.readouterr().out
+    assert "| gmm | ddim-25 | 25 |" in printed  # the headline row
+
+
+def test_fewest_iterations_and_monotone_violations():
+    from benchmarks.accuracy import fewest_iterations, monotone_violations
+
+    runs = [dict(tol=1e-2, iterations=5, max_abs_diff=3e-2), dict(tol=1e-3, iterations=7, max_abs_diff=8e-4),
+            dict(tol=1e-4, iterations=9, max_abs_diff=2e-3), dict(tol=1e-5, iterations=12, max_abs_diff=1e-5)]
+    assert fewest_iterations(runs, 1e-3)["tol"] == 1e-3 and fewest_iterations(runs, 1e-6) is None
+    assert fewest_iterations(runs, 1e-4)["iterations"] == 12
+    assert monotone_violations(runs) == [(1e-3, 1e-4)]
