@@ -241,6 +241,13 @@ def plot(groups: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_if_possible(groups: list[dict[str, Any]], path: Path) -> None:
+    try:
+        plot(groups, path)
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install -e '.[bench]')", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, sweep every group, print the tables, write JSON (and a plot)."""
     from benchmarks.solver_overhead import machine_info
@@ -268,11 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path (a .png plot beside it)")
     parser.add_argument("--report", type=Path, nargs="+", default=None,
-                        help="run nothing: print the tables of these JSON files together")
+                        help="run nothing: print the tables of these JSON files together and plot them to --out's .png")
     args = parser.parse_args(argv)
     if args.report:
         groups = [g for path in args.report for g in json.loads(path.read_text())["groups"]]
         print(headline_table(groups), "\n", tolerance_meaning(groups), format_tables(groups), sep="\n")
+        _plot_if_possible(groups, args.out.with_suffix(".png"))
         return {"groups": groups}
     scenarios = args.scenarios or list(QUICK_SCENARIOS if args.quick else FULL_SCENARIOS)
     windows = ["T"] if args.quick else args.windows
@@ -315,10 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\ntotal {report['seconds']:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
-    try:
-        plot(groups, args.out.with_suffix(".png"))
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install -e '.[bench]')", file=sys.stderr)
+    _plot_if_possible(groups, args.out.with_suffix(".png"))
     print(f"wrote {args.out}")
     return report
 
