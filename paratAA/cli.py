@@ -212,8 +212,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="a step has converged when its RMS residual <= tol1 ... (default: "
                              f"{RECOMMENDED['tol1']:g}; {PAPER['tol1']:g} with --paper). It bounds residuals, not the "
                              "result: the final difference from the sequential sample is roughly the accepted "
-                             "residuals added up, a few to ten times the tolerance (benchmarks/RESULTS.md, 'What a "
-                             "tolerance means'); the default lands within about 1e-3 of it")
+                             "residuals added up: with the default method typically about 1.5 x the tolerance, "
+                             "up to about 50 x measured (benchmarks/RESULTS.md, 'What a tolerance means'); the "
+                             "default 1e-4 lands within about 1e-3 of it")
     solver.add_argument("--tol2", type=float, default=None,
                         help="... or <= tol2 * the step's eta=1 noise std (default: "
                              f"{RECOMMENDED['tol2']:g}; {PAPER['tol2']:g} with --paper)")

@@ -10,8 +10,8 @@ sequential sample on every row measured, deterministic and stochastic, window T 
 - steps entering the window initialised with the predicted sample held fixed (``init="denoised"``),
 - the window is the whole trajectory (``window_size`` = T),
 - ``tol1 = tol2 = 1e-4``: this method moves its frontier in large blocks, and the final difference
-  from the sequential sample is about the residuals accepted along the way added up, typically a
-  few to ten times the tolerance (``benchmarks/RESULTS.md``, "What a tolerance means"); 1e-4 lands
+  from the sequential sample is about the residuals accepted along the way added up, typically
+  about 1.5 times the tolerance and up to about 50 times measured (``benchmarks/RESULTS.md``, "What a tolerance means"); 1e-4 lands
   within about 1e-3 of it (largest entry) on the benchmark problems.
 
 ``PAPER`` is the reference scripts' method (Tang et al. 2024): the paper's affine order-K equations,
