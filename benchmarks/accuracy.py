@@ -10,8 +10,9 @@ Methods (``paratAA.solve`` with ``order`` K, ``memory_size`` m, ``map_form``; to
 
 - ``FP`` (K 1, m 1), ``FP+`` (K = window, m 1), ``ParaTAA paper m2`` / ``m3`` (affine form, the
   paper's equations, K = window), ``ParaTAA inc m2`` (increment form, new steps copied as in the
-  paper), ``default`` (``solve`` with only ``window_size``, ``tol1``, ``tol2``: the library's
-  recommended configuration, ``paratAA.RECOMMENDED``);
+  paper), ``ParaTAA secant m2`` (the secant form, ``paratAA.equations``), ``default`` (``solve``
+  with only ``window_size``, ``tol1``, ``tol2``: the library's recommended configuration,
+  ``paratAA.RECOMMENDED``);
 - ``ParaDiGMS`` (``paratAA.paradigms``) and ``ParaSolver`` (``paratAA.parasolver``), sweeping their
   noise-relative ``tolerance``.
 
@@ -98,6 +99,7 @@ METHODS = {
                                       init="copy"),
     "ParaTAA inc m2": _solve_method("ParaTAA inc m2", order="W", memory_size=2, map_form="increment", init="copy"),
     "default": _solve_method("default"),
+    "ParaTAA secant m2": _solve_method("ParaTAA secant m2", order="W", memory_size=2, map_form="secant"),
     "ParaDiGMS": _stride_method("ParaDiGMS", "paratAA.paradigms", "solve_paradigms"),
     "ParaSolver": _stride_method("ParaSolver", "paratAA.parasolver", "solve_parasolver"),
 }
@@ -172,6 +174,18 @@ def format_tables(groups: list[dict[str, Any]]) -> str:
             ratio = f"{mine['iterations'] / anchor['iterations']:.2f}" if mine and anchor else "-"
             out.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(out)
+
+
+def merge_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups of several runs merged by (problem, scenario, window): their methods side by side."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for g in groups:
+        key = (g["problem"], g["scenario"], g["window"])
+        if key in merged:
+            merged[key]["methods"].update(g["methods"])
+        else:
+            merged[key] = {**g, "methods": dict(g["methods"])}
+    return list(merged.values())
 
 
 def headline_table(groups: list[dict[str, Any]], threshold: float = 1e-3) -> str:
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="run nothing: print the tables of these JSON files together and plot them to --out's .png")
     args = parser.parse_args(argv)
     if args.report:
-        groups = [g for path in args.report for g in json.loads(path.read_text())["groups"]]
+        groups = merge_groups([g for path in args.report for g in json.loads(path.read_text())["groups"]])
         print(headline_table(groups), "\n", tolerance_meaning(groups), format_tables(groups), sep="\n")
         _plot_if_possible(groups, args.out.with_suffix(".png"))
         return {"groups": groups}

@@ -224,9 +224,10 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="extension, off by default: re-anchor the accelerated steps on the plain update of "
                              "the highest unconverged step (removes the frontier's one-step lag after a jump; "
                              "same solution; see paratAA.solve)")
-    solver.add_argument("--map_form", choices=("affine", "increment"), default=None,
+    solver.add_argument("--map_form", choices=("affine", "increment", "secant"), default=None,
                         help="form of the order-k equations: 'affine' is the paper's; 'increment' (a telescoping "
-                             "sum of step increments, same solution) needs markedly fewer iterations "
+                             "sum of step increments, same solution) needs markedly fewer iterations; 'secant' (opt-in extension) "
+                             "guesses each step's Jacobian from its last two iterates "
                              f"(see benchmarks/RESULTS.md) (default: {RECOMMENDED['map_form']}; affine with --paper)")
     solver.add_argument("--init", choices=("copy", "denoised"), default=None,
                         help="how steps entering the window start: 'copy' of the lowest latent (the paper's) or "

@@ -21,6 +21,14 @@ It holds the whole step at the old iterate, i.e. it takes each step's total Jaco
 ``a + b d(out)/dx`` as the identity, which suits diffusion steps (they move x by little; ``a > 1``
 is largely cancelled by the network term) better than the affine form's ``a``.
 
+Both are one map with a per-step *carry factor* ``c_p`` (the guess of the step's Jacobian):
+``F^K_i = C(i, u-1) x[u] + sum_p C(i, p-1) (F_p(X) - c_p x[p+1])``, ``c = a`` (affine) or 1
+(increment). The ``"secant"`` form (an extension, opt-in) takes ``c_p = a_p + b_p kappa_p`` with
+``kappa_p`` the network's slope along the step's last change of input,
+``<d out_p, d x[p+1]> / <d x[p+1], d x[p+1]>`` between consecutive iterations (a scalar secant,
+Newton-like in ParaSolver's spirit), clamped to ``[0.5, 1.5]``; 1 before a step has two iterates.
+The fixed point is the same for every ``c``.
+
 All functions are pure tensor maps over window-local arrays: index ``w = i - lo``.
 """
 
@@ -28,10 +36,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MAP_FORMS", "first_order_residual", "increment_map", "order_k_map", "rms", "step_offset"]
+__all__ = ["MAP_FORMS", "carried_map", "first_order_residual", "increment_map", "order_k_map", "rms", "secant_carry",
+           "step_offset"]
 
-MAP_FORMS = ("affine", "increment")  # the two forms of the order-K equations (module docstring)
+MAP_FORMS = ("affine", "increment", "secant")  # the forms of the order-K equations (module docstring)
 
+SECANT_CLAMP = (0.5, 1.5)  # the secant form's carry factors stay in this range (diffusion steps are near 1)
 # Above this spread of the partial products of ``a`` the prefix-sum form loses precision.
 _MAX_PRODUCT_SPREAD = 1e8
 
@@ -102,6 +112,29 @@ def increment_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order
     result[inner:] += sums[n]
     result[inner:] += x_above[n - 1]
     return result
+
+
+def carried_map(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int,
+                carry: torch.Tensor) -> torch.Tensor:
+    """The order-K map with per-step carry factors ``carry`` (module docstring); arguments as in ``order_k_map``."""
+    return order_k_map(x_above, carry, torch.addcmul(g, _bcast(a - carry, x_above), x_above), order)
+
+
+def secant_carry(a: torch.Tensor, b: torch.Tensor, dx: torch.Tensor, dout: torch.Tensor,
+                 known: torch.Tensor) -> torch.Tensor:
+    """Carry factors ``a + b kappa`` of the secant form, ``kappa = <dout, dx> / <dx, dx>`` (module docstring).
+
+    Args:
+        a, b: ``(n,)`` step coefficients.
+        dx, dout: ``(n, *latent)`` changes of each step's input ``x[p+1]`` and network output
+            since the previous iteration.
+        known: ``(n,)`` bool: the step has a previous iterate (else its carry is 1).
+    """
+    num = (dx * dout).flatten(1).sum(1)
+    den = dx.flatten(1).pow(2).sum(1)
+    usable = known & (den > 0)
+    kappa = torch.where(usable, num / torch.where(usable, den, torch.ones_like(den)), torch.zeros_like(den))
+    return torch.where(usable, (a + b * kappa).clamp(SECANT_CLAMP[0], SECANT_CLAMP[1]), torch.ones_like(a))
 
 
 def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tensor, order: int) -> torch.Tensor:

@@ -29,7 +29,8 @@ import torch
 from paratAA.anderson import TriangularAnderson
 from paratAA.defaults import FULL_ORDER, PAPER, RECOMMENDED
 from paratAA.batch import INIT_RULES, BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
-from paratAA.equations import MAP_FORMS, first_order_residual, increment_map, order_k_map, rms
+from paratAA.equations import (MAP_FORMS, carried_map, first_order_residual, increment_map, order_k_map, rms,
+                               secant_carry)
 from paratAA.memory import check_solve_fits
 from paratAA.schedule import Schedule
 from paratAA.validation import (NonFiniteError, check_callable, checked_output, require_bool, require_int,
@@ -61,6 +62,10 @@ class _SampleSolver(SampleStrategy):
         self.anderson = (TriangularAnderson(settings.window_size, tuple(x.shape[1:]), settings.memory_size,
                                             settings.anderson_lambda, x.device)
                          if settings.memory_size >= 2 else None)
+        if settings.map_form == "secant":  # each step's last input and output, slot i % window_size
+            self._last_in = torch.zeros((settings.window_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            self._last_out = torch.zeros_like(self._last_in)
+            self._has_last = torch.zeros(settings.window_size, dtype=torch.bool, device=x.device)
         super().__init__(x, z, schedule, settings.window_size, frontier, initialized_from, settings.init)
 
     def update(self, out: torch.Tensor) -> float:
@@ -76,11 +81,16 @@ class _SampleSolver(SampleStrategy):
         highest_unconverged = int(unconverged.max()) if unconverged.numel() else None
 
         self.remember_denoised(out)
-        order_map = order_k_map if cfg.map_form == "affine" else increment_map
-        residual = order_map(x_above, a, g, min(cfg.order, hi - lo)) - x_window
+        order = min(cfg.order, hi - lo)
+        if cfg.map_form == "secant":
+            carry = self._secant_carry(lo, hi, x_above, out)
+            residual = carried_map(x_above, a, g, order, carry) - x_window
+        else:
+            carry = a if cfg.map_form == "affine" else torch.ones_like(a)
+            residual = (order_k_map if cfg.map_form == "affine" else increment_map)(x_above, a, g, order) - x_window
         if self.anderson is not None and highest_unconverged is not None:
-            # How a change of G_{i*} = x[i*] + R[i*] reaches G_i below it (full order): A(i, i*-1) or 1.
-            carried = None if not cfg.reanchor else (a if cfg.map_form == "affine" else torch.ones_like(a))
+            # How a change of G_{i*} = x[i*] + R[i*] reaches G_i below it (full order): the carry product.
+            carried = carry if cfg.reanchor else None
             new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged, reanchor_a=carried)
         else:
             new = x_window + residual
@@ -88,9 +98,19 @@ class _SampleSolver(SampleStrategy):
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged)
         return float(rho.max())
 
+    def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The secant form's carry factors; remembers this iteration's inputs and outputs."""
+        slots = torch.arange(lo, hi, device=out.device) % self.settings.window_size
+        carry = secant_carry(self.schedule.a[lo:hi], self.schedule.b[lo:hi], x_above - self._last_in[slots],
+                             out - self._last_out[slots], self._has_last[slots])
+        self._last_in[slots], self._last_out[slots], self._has_last[slots] = x_above, out, True
+        return carry
+
     def _joined(self, steps: range) -> None:
         if self.anderson is not None:
             self.anderson.forget(steps.start, steps.stop)
+        if self.settings.map_form == "secant":
+            self._has_last[torch.arange(steps.start, steps.stop) % self.settings.window_size] = False
 
 
 class Solver(BatchSolver):
@@ -163,7 +183,9 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
             takes the plain update (see ``TriangularAnderson.update``). It removes the one-step
             lag of the frontier after a jump; the solution is unchanged.
         map_form: the form of the order-K equations (``paratAA.equations``): ``"affine"``, the
-            paper's, or ``"increment"``, a telescoping sum of step increments with the same solution.
+            paper's, ``"increment"``, a telescoping sum of step increments, or ``"secant"`` (an
+            opt-in extension: each step's Jacobian guessed from its last two iterates); all have
+            the same solution.
         init: how steps entering the window start (``paratAA.batch.SampleStrategy``): ``"copy"``
             of the lowest initialised latent (the paper's rule) or ``"denoised"`` (the sampler's
             steps with the latest predicted sample held fixed). Only the iterations change.

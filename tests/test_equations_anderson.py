@@ -149,3 +149,25 @@ def test_reanchoring_removes_the_change_inherited_from_the_plain_step():
         carried = torch.prod(a[i:top])
         expected = plain[i] + carried * ((dx + dr).T @ gamma)
         torch.testing.assert_close(anchored[i], expected, rtol=1e-9, atol=1e-10)
+
+
+def test_carried_map_spans_the_affine_and_increment_forms_and_the_secant_slope():
+    from paratAA.equations import carried_map, increment_map, order_k_map, secant_carry
+
+    gen = torch.Generator().manual_seed(0)
+    n = 9
+    x_above = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
+    a = 1 + 0.1 * torch.rand(n, generator=gen, dtype=torch.float64)
+    g = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
+    for order in (1, 4, n):
+        torch.testing.assert_close(carried_map(x_above, a, g, order, a), order_k_map(x_above, a, g, order))
+        torch.testing.assert_close(carried_map(x_above, a, g, order, torch.ones_like(a)),
+                                   increment_map(x_above, a, g, order))
+    # a network linear along the change, out = k x: the secant slope is k, the carry a + b k (clamped)
+    b = -0.05 * torch.ones(n, dtype=torch.float64)
+    dx = torch.randn(n, 3, 2, generator=gen, dtype=torch.float64)
+    known = torch.tensor([True] * (n - 1) + [False])
+    carry = secant_carry(a, b, dx, 2.0 * dx, known)
+    torch.testing.assert_close(carry[:-1], (a + 2.0 * b)[:-1])
+    assert carry[-1] == 1.0  # no previous iterate: the increment form's guess
+    assert secant_carry(a, b, dx, -100.0 * dx, known)[:-1].eq(1.5).all()  # clamped

@@ -62,7 +62,8 @@ def test_converged_solve_equals_sequential_and_diffusers(eta, window, order, mem
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-@pytest.mark.parametrize("map_form, reanchor", [("affine", True), ("increment", False), ("increment", True)])
+@pytest.mark.parametrize("map_form, reanchor", [("affine", True), ("increment", False), ("increment", True),
+                                                ("secant", False), ("secant", True)])
 @pytest.mark.parametrize("window, order, memory", [(T, T, 1), (T, T, 2), (T, T, 4), (11, 4, 3), (7, 7, 2)])
 def test_variants_converge_to_sequential(eta, map_form, reanchor, window, order, memory):
     schedule = ddim_schedule(eta=eta)
@@ -201,7 +202,8 @@ def adversarial_eps(x: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor)
 @pytest.mark.parametrize("window, order, memory, variant", [
     (T, T, 2, {}), (T, T, 5, {}), (10, 10, 3, {}), (T, 1, 1, {}), (T, 5, 4, {}), (T, T, 3, dict(reanchor=True)),
     (T, T, 3, dict(map_form="increment", reanchor=True)), (9, 4, 2, dict(map_form="increment")),
-    (T, T, 2, dict(init="denoised")), (6, 6, 2, dict(init="denoised", map_form="increment"))])
+    (T, T, 2, dict(init="denoised")), (6, 6, 2, dict(init="denoised", map_form="increment")),
+    (T, T, 2, dict(map_form="secant")), (7, 4, 3, dict(map_form="secant", reanchor=True))])
 def test_never_more_than_T_iterations_even_on_an_adversarial_network(window, order, memory, variant):
     schedule = ddim_schedule(eta=1.0)
     noise = sample_noise(0, 2, T, LATENT)
