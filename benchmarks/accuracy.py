@@ -10,7 +10,7 @@ Methods (``paratAA.solve`` with ``order`` K, ``memory_size`` m, ``map_form``; to
 
 - ``FP`` (K 1, m 1), ``FP+`` (K = window, m 1), ``ParaTAA paper m2`` / ``m3`` (affine form, the
   paper's equations, K = window), ``ParaTAA inc m2`` (increment form, new steps copied as in the
-  paper), ``ParaTAA secant m2`` (the secant form, ``paratAA.equations``), ``default`` (``solve``
+  paper), ``ParaTAA inc m2 denoised`` (the same with ``init="denoised"``), ``default`` (``solve``
   with only ``window_size``, ``tol1``, ``tol2``: the library's recommended configuration,
   ``paratAA.RECOMMENDED``);
 - ``ParaDiGMS`` (``paratAA.paradigms``) and ``ParaSolver`` (``paratAA.parasolver``), sweeping their
@@ -99,7 +99,8 @@ METHODS = {
                                       init="copy"),
     "ParaTAA inc m2": _solve_method("ParaTAA inc m2", order="W", memory_size=2, map_form="increment", init="copy"),
     "default": _solve_method("default"),
-    "ParaTAA secant m2": _solve_method("ParaTAA secant m2", order="W", memory_size=2, map_form="secant"),
+    "ParaTAA inc m2 denoised": _solve_method("ParaTAA inc m2 denoised", order="W", memory_size=2,
+                                             map_form="increment", init="denoised"),
     "ParaDiGMS": _stride_method("ParaDiGMS", "paratAA.paradigms", "solve_paradigms"),
     "ParaSolver": _stride_method("ParaSolver", "paratAA.parasolver", "solve_parasolver"),
 }

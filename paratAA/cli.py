@@ -194,7 +194,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="reproduce the reference scripts' method and defaults: the paper's affine "
                              f"equations, --window_size {PAPER_WINDOW}, --order min({defaults.order}, --window_size), "
                              "--memory_size 2, new steps copied (--init copy); flags given explicitly still win. "
-                             "Without it the recommended method runs (increment form, window T, full order, "
+                             "Without it the recommended method runs (secant form, window T, full order, "
                              "--init denoised: fewest iterations at equal accuracy, see benchmarks/RESULTS.md)")
     solver.add_argument("--window_size", type=int, default=None,
                         help="steps evaluated in parallel per sample and iteration (capped at --timesteps); "
@@ -212,9 +212,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
                         help="a step has converged when its RMS residual <= tol1 ... (default: "
                              f"{RECOMMENDED['tol1']:g}; {PAPER['tol1']:g} with --paper). It bounds residuals, not the "
                              "result: the final difference from the sequential sample is roughly the accepted "
-                             "residuals added up: with the default method typically about 1.5 x the tolerance, "
-                             "up to about 50 x measured (benchmarks/RESULTS.md, 'What a tolerance means'); the "
-                             "default 1e-4 lands within about 1e-3 of it")
+                             "residuals added up: with the default method typically 2-3 x the tolerance, up to "
+                             "about 12 x on the benchmark rows (benchmarks/RESULTS.md, 'What a tolerance means'); "
+                             "the default 1e-4 lands within about 1e-3 of it")
     solver.add_argument("--tol2", type=float, default=None,
                         help="... or <= tol2 * the step's eta=1 noise std (default: "
                              f"{RECOMMENDED['tol2']:g}; {PAPER['tol2']:g} with --paper)")
@@ -270,7 +270,7 @@ def fit_default(args: argparse.Namespace, flag: str, value: Any) -> None:
 def fit_method_defaults(args: argparse.Namespace, defaults: ReferenceDefaults) -> None:
     """Fill in the method flags left out: the recommended method, or the reference scripts' with ``--paper``.
 
-    Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, increment form,
+    Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, secant form,
     memory 2, ``--init denoised``, tolerances 1e-4. ``--paper``: window 100, order min(script's
     order, window), affine form, memory 2, ``--init copy``, tolerances 1e-3.
     """

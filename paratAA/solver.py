@@ -171,8 +171,8 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
         tol1, tol2: a step has converged when the RMS of its first-order residual is
             ``<= tol1`` or ``<= tol2 * sigma_i`` (default 1e-4 each, ``RECOMMENDED``). They bound
             residuals, not the final difference: that is roughly the accepted residuals added up,
-            typically about 1.5 times the tolerance, up to about 50 times measured
-            (benchmarks/RESULTS.md, "What a tolerance means").
+            typically 2-3 times the tolerance with the default method, up to about 12 times on
+            the benchmark rows (benchmarks/RESULTS.md, "What a tolerance means").
         max_iters: stop after this many iterations even if unconverged (None: run to the end).
         init_trajectory: ``(B, T+1, *latent)`` warm start: the starting iterate of every step.
         variation_steps: with ``init_trajectory``: re-solve only steps ``i < variation_steps``,

@@ -231,7 +231,7 @@ def test_drawn_class_labels_do_not_depend_on_the_sample_count() -> None:
 
 
 @pytest.mark.parametrize("paper, expected", [
-    (False, dict(window_size=T, order=T, memory_size=2, map_form="increment", init="denoised", tol1=1e-4, tol2=1e-4)),
+    (False, dict(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised", tol1=1e-4, tol2=1e-4)),
     (True, dict(window_size=100, order=100, memory_size=2, map_form="affine", init="copy", tol1=1e-3, tol2=1e-3)),
 ])
 def test_recommended_method_by_default_and_the_reference_scripts_with_paper(paper, expected, tmp_path, capsys,
