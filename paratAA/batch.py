@@ -130,6 +130,8 @@ class SampleStrategy:
             raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
         self.x, self.z, self.schedule, self.init = x, z, schedule, init
         self._denoised: torch.Tensor | None = None
+        # (p, q) of the predicted sample p x + q out per step: read every iteration, computed once.
+        self._denoising = schedule.denoised_coefficients() if init == "denoised" else None
         self.window = SlidingWindow(window_size, frontier, initialized_from)
         self.iterations = 0
         self.evaluations = 0
@@ -162,9 +164,9 @@ class SampleStrategy:
 
     def remember_denoised(self, out: torch.Tensor) -> None:
         """Keep the predicted sample of the window's lowest step (call before the window's x changes)."""
-        if self.init == "denoised":
+        if self._denoising is not None:
             lo, _ = self.window.bounds
-            p, q = self.schedule.denoised_coefficients()
+            p, q = self._denoising
             self._denoised = p[lo] * self.x[lo + 1] + q[lo] * out[0]
 
     def advance(self, new_frontier: int) -> None:
@@ -175,7 +177,7 @@ class SampleStrategy:
         self._join(self.window.advance(new_frontier))
 
     def _join(self, steps: range) -> None:
-        """Initialise steps new to the window: a copy of the lowest initialised latent."""
+        """Initialise steps new to the window by the ``init`` rule (class docstring), then ``_joined``."""
         if not steps:
             return
         lowest = self.window.initialized_from
@@ -190,7 +192,7 @@ class SampleStrategy:
     def _denoised_chain(self, start: int, top: int) -> None:
         """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed."""
         s = self.schedule
-        p, q = s.denoised_coefficients()
+        p, q = self._denoising
         for j in range(top - 1, start - 1, -1):
             out = (self._denoised - p[j] * self.x[j + 1]) / q[j]
             self.x[j] = s.step(j, self.x[j + 1], out, self.z[j])

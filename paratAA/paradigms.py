@@ -44,7 +44,7 @@ from paratAA.equations import first_order_residual, increment_map, rms
 from paratAA.schedule import Schedule
 from paratAA.validation import check_callable, require_int, require_real, validate_noise
 
-__all__ = ["DEFAULT_TOLERANCE", "PicardSample", "solve_paradigms"]
+__all__ = ["DEFAULT_TOLERANCE", "PicardSample", "check_stride_arguments", "consumer_variance", "solve_paradigms"]
 
 # diffusers' StableDiffusionParadigmsPipeline default (``tolerance=0.1``); its default window is 10.
 DEFAULT_TOLERANCE = 0.1
@@ -120,15 +120,13 @@ def solve_paradigms(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, w
         ValueError: an argument out of range or a shape mismatch (the message names it).
         paratAA.NonFiniteError: the network returned NaN or inf.
     """
-    _check_arguments(eps_fn, schedule, noise, window_size, tolerance, max_iters)
+    check_stride_arguments(eps_fn, schedule, noise, window_size, tolerance, max_iters)
     num_steps = schedule.num_steps
     window_size = int(min(window_size, num_steps))
     sched = schedule.to(noise.device)
     noise = noise.to(torch.float64)
     trajectory = noise[:, num_steps:num_steps + 1].repeat(1, num_steps + 1, *([1] * (noise.dim() - 2)))
-    # Bound on the squared error of x[p] (p = 0..T-1): tolerance^2 sigma[p-1]^2; x[0] has variance 0.
-    variance_next = torch.cat([sched.sigma.new_zeros(1), sched.sigma.pow(2)[:-1]])
-    error_bound = tolerance ** 2 * variance_next
+    error_bound = tolerance ** 2 * consumer_variance(sched)
     samples = [PicardSample(trajectory[k], noise[k], sched, window_size, error_bound)
                for k in range(noise.shape[0])]
     return BatchSolver(eps_fn, trajectory, samples, max_iters).run(callback)
@@ -145,8 +143,14 @@ def _next_frontier(error: torch.Tensor, bound: torch.Tensor, window_size: int, l
     return max(hi - min(first + 1, window_size), 0)
 
 
-def _check_arguments(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, window_size: int, tolerance: float,
-                     max_iters: int | None) -> None:
+def consumer_variance(schedule: Schedule) -> torch.Tensor:
+    """``(T,)``: for each ``x[p]``, the posterior variance ``sigma[p-1]^2`` of the step consuming it; 0 for ``x[0]``."""
+    return torch.cat([schedule.sigma.new_zeros(1), schedule.sigma.pow(2)[:-1]])
+
+
+def check_stride_arguments(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, window_size: int,
+                           tolerance: float, max_iters: int | None) -> None:
+    """The argument checks of the stride-rule samplers (ParaDiGMS, ParaSolver); ValueError naming the argument."""
     validate_noise(schedule, noise)
     check_callable("eps_fn", eps_fn)
     require_int("window_size", window_size)

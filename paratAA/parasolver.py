@@ -35,9 +35,9 @@ from typing import Callable
 import torch
 
 from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SolveResult
-from paratAA.paradigms import PicardSample
+from paratAA.paradigms import PicardSample, check_stride_arguments, consumer_variance
 from paratAA.schedule import Schedule
-from paratAA.validation import check_callable, require_int, require_real, validate_noise
+from paratAA.validation import require_int, validate_noise
 
 __all__ = ["solve_parasolver"]
 
@@ -76,22 +76,17 @@ def solve_parasolver(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, 
     default_tolerance, default_warmup = STOCHASTIC_DEFAULTS if schedule.eta > 0 else DETERMINISTIC_DEFAULTS
     tolerance = default_tolerance if tolerance is None else tolerance
     warmup_steps = default_warmup if warmup_steps is None else warmup_steps
-    check_callable("eps_fn", eps_fn)
-    require_int("window_size", window_size)
-    require_real("tolerance", tolerance)
+    check_stride_arguments(eps_fn, schedule, noise, window_size, tolerance, max_iters)
     require_int("warmup_steps", warmup_steps)
-    if max_iters is not None:
-        require_int("max_iters", max_iters)
     num_steps = schedule.num_steps
     sched = schedule.to(noise.device)
     noise = noise.to(torch.float64)
     trajectory = torch.zeros_like(noise)
     trajectory[:, num_steps] = noise[:, num_steps]
-    # x[p] is bounded by the posterior variance of the step consuming it (step p-1); x[0] and x[1] by step 1's.
-    variance = sched.sigma.pow(2)
-    bound = torch.cat([variance[:1], variance[:-1]]) if num_steps >= 1 else variance
+    # As ParaDiGMS's bound, except that x[0] (and x[1]) take step 1's variance, the bound of x[2].
+    bound = consumer_variance(sched)
     if num_steps >= 2:
-        bound[0] = bound[1] = variance[1]
+        bound[0] = bound[1] = sched.sigma[1] ** 2
     error_bound = tolerance ** 2 * bound
     samples = [PicardSample(trajectory[k], noise[k], sched, int(min(window_size, num_steps)), error_bound,
                             init="denoised", warmup_steps=int(warmup_steps))
