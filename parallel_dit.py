@@ -14,10 +14,11 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
-from models.defaults import DEFAULT_DIT, GUIDANCE_RULES
-from models.loading import ModelLoadError, resolve_location
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, flag_checks, run_cli,
                          user_errors, validate_common)
+from paratAA.pipelines.defaults import DEFAULT_DIT, GUIDANCE_RULES
+from paratAA.pipelines.locations import ModelLoadError, resolve_location
+from paratAA.script_models import check_dit_family, script_pipeline_class
 
 if TYPE_CHECKING:
     import torch
@@ -86,9 +87,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.num_samples = sample_count(args.class_labels, args.num_samples)
         device = validate_common(args, DEFAULTS)
         with user_errors(ModelLoadError):
-            resolve_location(args.model_path, "model_path")
+            family = script_pipeline_class(args.model_path, "dit")  # None for a hub id: checked once it loads
             if args.vae_path is not None:
                 resolve_location(args.vae_path, "vae_path")
+        check_dit_family(family)
     sample(args, device)
 
 
@@ -96,33 +98,34 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
     import torch
 
-    from models import load_dit
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.noise import sample_noise
+    from paratAA.pipelines.runner import class_conditioning
     from paratAA.runs import RunFolder, print_report, run_solve, write_config
+    from paratAA.script_models import load_dit
 
-    context, adapter, schedule = start(
-        args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, fp16=args.fp16),
-        ModelLoadError)
-    labels = resolve_labels(args.class_labels, args.num_samples, args.seed, adapter.num_classes)
-    noise = sample_noise(args.seed, len(labels), args.timesteps, adapter.latent_shape, device=context.device)
-    eps_fn = shard_eps_fn(adapter.eps_fn(labels, args.cfg_scale, args.guidance), context.accelerator)
+    context, runner, schedule = start(
+        args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, fp16=args.fp16,
+                                           guidance=args.guidance), ModelLoadError)
+    num_classes = runner.adapter.num_classes
+    labels = resolve_labels(args.class_labels, args.num_samples, args.seed, num_classes)
+    conditioning = class_conditioning(labels, args.cfg_scale)
+    noise = runner.sample_noise(args.seed, len(labels), args.timesteps, device=context.device)
+    eps_fn = shard_eps_fn(runner.eps_fn(conditioning), context.accelerator)
     options = solver_options(args)
 
     def sequential_fn() -> torch.Tensor:
-        return adapter.sequential_reference(noise, labels, args.cfg_scale, args.timesteps, args.eta,
-                                            args.guidance, seed=args.seed)
+        return runner.sequential_reference(noise, conditioning, args.eta, seed=args.seed)
 
     name = f"DiT-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_dit.py", vars(args),
-                         {**resolved_settings(adapter, context, schedule, options), "num_samples": len(labels),
-                          "class_labels": labels, "num_classes": adapter.num_classes},
+                         {**resolved_settings(runner, context, schedule, options), "num_samples": len(labels),
+                          "class_labels": labels, "num_classes": num_classes},
                          context.num_processes)
         _, summary = run_solve(
-            eps_fn, schedule, noise, options, run, adapter.decode,
+            eps_fn, schedule, noise, options, run, runner.decode,
             [{"seed": args.seed + k, "class_label": label} for k, label in enumerate(labels)],
             description="DiT ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,
             extra={"world_size": context.num_processes})

@@ -1,5 +1,5 @@
 """ParaTAA sampling of Stable Diffusion 1.5 (default ``stable-diffusion-v1-5/stable-diffusion-v1-5``) with DDIM,
-or of any text-to-image pipeline ``models.text_to_image`` detects (SD 1.x/2.x, SDXL, SD3, Flux).
+or of any text-to-image pipeline ``paratAA.script_models`` detects (SD 1.x/2.x, SDXL, SD3, Flux).
 
     python parallel_sd.py --model_path tiny --num_samples 2 --timesteps 20 --prompt "a cat"   # CPU, tiny model
     python parallel_sd.py --model_path tiny-sd3 --timesteps 20 --prompt "a cat"              # tiny SD3 (flow matching)
@@ -16,11 +16,11 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
-from models.defaults import DEFAULT_SD
-from models.loading import ModelLoadError
-from models.text_to_image import MODEL_HELP, check_flags, pipeline_class
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, add_common_args, flag_checks, require_prompt,
                          run_cli, user_errors, validate_common)
+from paratAA.pipelines.defaults import DEFAULT_SD
+from paratAA.pipelines.locations import ModelLoadError
+from paratAA.script_models import MODEL_HELP, check_text_to_image_flags, script_pipeline_class
 
 if TYPE_CHECKING:
     import torch
@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         device = validate_common(args, DEFAULTS)
         require_prompt("--prompt", args.prompt)
         with user_errors(ModelLoadError):
-            family = pipeline_class(args.model_path)  # None for a hub id: checked once it loads
-        check_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
+            family = script_pipeline_class(args.model_path, "sd")  # None for a hub id: checked once it loads
+        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
     sample(args, device)
 
 
@@ -56,30 +56,31 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
     import torch
 
-    from models.text_to_image import load_text_to_image
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
+    from paratAA.script_models import load_text_to_image
+    from paratAA.pipelines.runner import text_conditioning
     from paratAA.runs import RunFolder, print_report, run_solve, write_config
 
-    context, adapter, schedule = start(
+    context, runner, schedule = start(
         args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
                                                      negative_prompt=args.negative_prompt), ModelLoadError)
-    prompts = [args.prompt] * args.num_samples
-    negatives = [args.negative_prompt] * args.num_samples
-    noise = adapter.sample_noise(args.seed, args.num_samples, args.timesteps, device=context.device)
-    eps_fn = shard_eps_fn(adapter.eps_fn(prompts, negatives, args.cfg_scale), context.accelerator)
+    conditioning = text_conditioning([args.prompt] * args.num_samples, [args.negative_prompt] * args.num_samples,
+                                     args.cfg_scale)
+    noise = runner.sample_noise(args.seed, args.num_samples, args.timesteps, device=context.device)
+    eps_fn = shard_eps_fn(runner.eps_fn(conditioning), context.accelerator)
     options = solver_options(args)
 
     def sequential_fn() -> torch.Tensor:
-        return adapter.sequential_reference(noise, prompts, negatives, args.cfg_scale, args.timesteps, args.eta)
+        return runner.sequential_reference(noise, conditioning, args.eta)
 
     name = f"SD-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
-            write_config(run.path, "parallel_sd.py", vars(args), resolved_settings(adapter, context, schedule, options),
+            write_config(run.path, "parallel_sd.py", vars(args), resolved_settings(runner, context, schedule, options),
                          context.num_processes)
         _, summary = run_solve(
-            eps_fn, schedule, noise, options, run, adapter.decode,
+            eps_fn, schedule, noise, options, run, runner.decode,
             [{"seed": args.seed + k, "prompt": args.prompt, "negative_prompt": args.negative_prompt}
              for k in range(args.num_samples)],
             description="SD ParaTAA", sequential_fn=sequential_fn if args.check_sequential else None,

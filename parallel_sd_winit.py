@@ -20,11 +20,11 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
-from models.defaults import DEFAULT_SD
-from models.loading import ModelLoadError
-from models.text_to_image import MODEL_HELP, check_flags, pipeline_class
 from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, fit_default,
                          flag_checks, require_prompt, run_cli, user_errors, validate_common)
+from paratAA.pipelines.defaults import DEFAULT_SD
+from paratAA.pipelines.locations import ModelLoadError
+from paratAA.script_models import MODEL_HELP, check_text_to_image_flags, script_pipeline_class
 
 if TYPE_CHECKING:
     import torch
@@ -65,28 +65,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UsageError(f"--variation_steps must be in [1, --timesteps={args.timesteps}] "
                              f"(got {args.variation_steps})")
         with user_errors(ModelLoadError):
-            family = pipeline_class(args.model_path)  # None for a hub id: checked once it loads
-        check_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
+            family = script_pipeline_class(args.model_path, "sd")  # None for a hub id: checked once it loads
+        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
     sample(args, device)
 
 
 def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
-    from models.text_to_image import load_text_to_image
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
+    from paratAA.script_models import load_text_to_image
+    from paratAA.pipelines.runner import text_conditioning
     from paratAA.runs import RunFolder, run_solve, summary_lines, write_config
 
     # Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
-    context, adapter, schedule = start(
+    context, runner, schedule = start(
         args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
                                                      negative_prompt=args.negative_prompt), ModelLoadError,
         kept_trajectories=1)
     count, num_steps = args.num_samples, args.timesteps
-    negatives = [args.negative_prompt] * count
-    noise = adapter.sample_noise(args.seed, count, num_steps, device=context.device)
-    eps = {prompt: shard_eps_fn(adapter.eps_fn([prompt] * count, negatives, args.cfg_scale), context.accelerator)
-           for prompt in (args.prompt1, args.prompt2)}
+    conditioning = {prompt: text_conditioning([prompt] * count, [args.negative_prompt] * count, args.cfg_scale)
+                    for prompt in (args.prompt1, args.prompt2)}
+    noise = runner.sample_noise(args.seed, count, num_steps, device=context.device)
+    eps = {prompt: shard_eps_fn(runner.eps_fn(conditioning[prompt]), context.accelerator) for prompt in conditioning}
     options = solver_options(args)
     references = {}  # prompt -> the sequential sampler's latents, computed at most once
 
@@ -95,19 +96,18 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd_winit.py", vars(args),
-                         resolved_settings(adapter, context, schedule, options), context.num_processes)
+                         resolved_settings(runner, context, schedule, options), context.num_processes)
         run.fields = {"variation_steps": args.variation_steps, "num_steps": num_steps}
 
         def phase(name: str, prompt: str, start_from: Any = None, save_steps: bool = True, check: bool = False):
             """One solve of ``prompt`` into ``<run>/<name>`` (``start_from``: a warm-start trajectory)."""
             def sequential_fn():
                 if prompt not in references:
-                    references[prompt] = adapter.sequential_reference(noise, [prompt] * count, negatives,
-                                                                      args.cfg_scale, num_steps, args.eta)
+                    references[prompt] = runner.sequential_reference(noise, conditioning[prompt], args.eta)
                 return references[prompt]
 
             return run_solve(
-                eps[prompt], schedule, noise, options, run, adapter.decode,
+                eps[prompt], schedule, noise, options, run, runner.decode,
                 [{"seed": args.seed + k, "prompt": prompt} for k in range(count)], subfolder=name,
                 init_trajectory=start_from, variation_steps=None if start_from is None else args.variation_steps,
                 description=name, save_steps=save_steps,

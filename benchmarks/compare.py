@@ -117,27 +117,29 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         return Problem(name, (4, 32, 32), gmm.eps_fn,
                        lambda s, t: flow_matching_scheduler(t) if s == "flow" else _ordinary_scheduler(config, s, t))
     if name in ("tiny-dit", "dit", "digits"):
-        from models import load_dit
+        from paratAA.pipelines.runner import class_conditioning
+        from paratAA.script_models import load_dit
 
         if name == "dit" and not args.dit_path:
             raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
         dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device, args.fp16)
+        dit.make_schedule(10)
         # digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
-        labels = torch.tensor([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
-                               for k in range(args.samples)])
-        config = dit.make_scheduler(10).config
-        return Problem(name, dit.latent_shape,
-                       lambda schedule: dit.eps_fn(labels, args.cfg_scale, "all", schedule=schedule),
+        labels = class_conditioning([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
+                                     for k in range(args.samples)], args.cfg_scale)
+        config = dit.pipe.scheduler.config  # DDIM with DiT's respacing
+        return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
                        lambda s, t: _ordinary_scheduler(config, s, t))
     if name in ("tiny-sd", "sd"):
-        from models import load_sd
+        from paratAA.pipelines.runner import text_conditioning
+        from paratAA.script_models import load_text_to_image
 
         if name == "sd" and not args.sd_path:
             raise SystemExit("--problems sd needs --sd_path (a hub id or a local pipeline directory)")
-        sd = load_sd("tiny" if name == "tiny-sd" else args.sd_path, device, args.fp16)
-        prompts, negatives = [args.prompt] * args.samples, [""] * args.samples
-        return Problem(name, sd.latent_shape,
-                       lambda schedule: sd.eps_fn(prompts, negatives, args.cfg_scale, schedule=schedule),
+        sd = load_text_to_image("tiny" if name == "tiny-sd" else args.sd_path, device, args.fp16)
+        sd.make_schedule(10)
+        prompts = text_conditioning([args.prompt] * args.samples, None, args.cfg_scale)
+        return Problem(name, sd.latent_shape, lambda schedule: sd.eps_fn(prompts, schedule),
                        lambda s, t: scheduler_pair(sd.pipe.scheduler.config, s, t)[1],
                        sd_pipe=None if args.fp16 else sd.pipe, prompt=args.prompt, cfg_scale=args.cfg_scale)
     raise SystemExit(f"--problems: unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")

@@ -84,7 +84,7 @@ def run_diffusers_paradigms(sd_pipe: Any, prompt: str, negative_prompt: str, cfg
     """Sample one image's latents with ``StableDiffusionParadigmsPipeline`` built from ``sd_pipe``'s components.
 
     Args:
-        sd_pipe: a float32 ``StableDiffusionPipeline`` (e.g. ``models.load_sd(...).pipe``).
+        sd_pipe: a float32 ``StableDiffusionPipeline`` (e.g. ``paratAA.script_models.load_text_to_image(...).pipe``).
         prompt, negative_prompt: the texts (negative ``""`` is the pipeline's default).
         cfg_scale: guidance scale.
         sampler: ``"ddim"`` or ``"ddpm"`` (see ``scheduler_pair``).

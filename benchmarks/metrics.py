@@ -300,7 +300,7 @@ class CLIPScorer:
         self.name = spec
         self.meaningless = spec == "tiny"
         if self.meaningless:
-            from models.tiny import tiny_pipeline
+            from paratAA.pipelines.tiny import tiny_pipeline
 
             self.tokenizer = tiny_pipeline("sd").tokenizer
             config = CLIPConfig(

@@ -122,15 +122,17 @@ class _Conditioning:
         self.cfg_scale = args.cfg_scale
         if args.model == "dit":
             generator = torch.Generator().manual_seed(args.seed)
-            self.labels = torch.randint(0, adapter.num_classes, (args.num_samples,), generator=generator)
+            self.labels = torch.randint(0, adapter.adapter.num_classes, (args.num_samples,), generator=generator)
         else:
             prompts = read_prompts(args.prompts_file)
             self.prompts = [prompts[k % len(prompts)] for k in range(args.num_samples)]
 
     def eps_fn(self, adapter: Any, lo: int, hi: int, schedule: Any) -> Callable:
+        from paratAA.pipelines.runner import class_conditioning, text_conditioning
+
         if self.model == "dit":
-            return adapter.eps_fn(self.labels[lo:hi], self.cfg_scale, "all", schedule=schedule)
-        return adapter.eps_fn(self.prompts[lo:hi], None, self.cfg_scale, schedule=schedule)
+            return adapter.eps_fn(class_conditioning(self.labels[lo:hi], self.cfg_scale), schedule)
+        return adapter.eps_fn(text_conditioning(self.prompts[lo:hi], None, self.cfg_scale), schedule)
 
     def texts(self, lo: int, hi: int) -> list[str]:
         return self.prompts[lo:hi]
@@ -328,13 +330,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     ctx = init_processes(torch.device(args.device))
-    from models import load_dit, load_sd
+    from paratAA.script_models import load_dit, load_text_to_image
 
     args.max_network_batch = args.max_network_batch or (1024 if args.model_path == "tiny" else 64)
     if args.model == "dit":
         adapter = load_dit(args.model_path, args.vae_path, ctx.device, args.fp16, max_batch_size=args.max_network_batch)
     else:
-        adapter = load_sd(args.model_path, ctx.device, args.fp16, max_batch_size=args.max_network_batch)
+        adapter = load_text_to_image(args.model_path, ctx.device, args.fp16, max_batch_size=args.max_network_batch)
+    adapter.make_schedule(10)  # the latent shape and decoder; each scenario makes its own schedule
     conditioning = _Conditioning(args, adapter)
 
     reasons = []

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # torch is imported after parsing, so that --help and usage e
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
 SIGNAL_EXIT_BASE = 128  # a run stopped by signal N exits 128 + N (130 for SIGINT, 143 for SIGTERM)
-TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (models.tiny)
+TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (paratAA.pipelines.tiny)
 # parallel_sd.py / parallel_sd_winit.py also take tiny-sdxl, tiny-sd3, tiny-flux (paratAA.pipelines.tiny)
 
 
@@ -431,8 +431,8 @@ def start(args: argparse.Namespace, device: torch.device, load: Callable[[torch.
     Args:
         args: validated arguments (``add_common_args`` flags).
         device: ``validate_common``'s device.
-        load: loads the model adapter onto a device (``models.load_dit`` / ``load_sd`` bound to args).
-        load_error: the loader's exception for a bad model location (``models.ModelLoadError``).
+        load: loads the model onto a device as a ``paratAA.pipelines.runner.PipelineRunner`` (``paratAA.script_models``).
+        load_error: the loader's exception for a bad model location (``paratAA.pipelines.locations.ModelLoadError``).
         kept_trajectories: see ``check_memory``.
 
     Returns:
@@ -465,7 +465,7 @@ def user_errors(*error_types: type[Exception], flag: str | None = None) -> Itera
     """Re-raise ``error_types`` raised in the block as ``UsageError`` (optionally naming ``flag``).
 
     Wrap only calls whose errors of these types are caused by user input: model loading
-    (``models.ModelLoadError``), ``paratAA.solve`` (``ValueError`` naming the argument).
+    (``ModelLoadError``), ``paratAA.solve`` (``ValueError`` naming the argument).
     """
     try:
         yield

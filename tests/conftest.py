@@ -26,16 +26,16 @@ def library_loggers():
 
 @pytest.fixture(scope="session")
 def tiny_dit_dir(tmp_path_factory) -> str:
-    """A saved tiny ``DiTPipeline`` directory (``models.tiny``), written once per test session."""
-    from models.tiny import save_tiny_pipeline
+    """A saved tiny ``DiTPipeline`` directory (``paratAA.pipelines.tiny``), written once per test session."""
+    from paratAA.pipelines.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline("dit", tmp_path_factory.mktemp("tiny-dit") / "pipeline")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> str:
-    """A saved tiny ``StableDiffusionPipeline`` directory (``models.tiny``), written once per test session."""
-    from models.tiny import save_tiny_pipeline
+    """A saved tiny ``StableDiffusionPipeline`` directory (``paratAA.pipelines.tiny``), written once per test session."""
+    from paratAA.pipelines.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline("sd", tmp_path_factory.mktemp("tiny-sd") / "pipeline")
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import load_dit
-from models.dit import DIGITS_DIR
 from paratAA import sample_noise, sequential, solve
+from paratAA.pipelines.defaults import digits_dir
+from paratAA.pipelines.runner import class_conditioning
+from paratAA.script_models import load_dit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSES = list(range(10))
@@ -14,14 +15,17 @@ CLASSES = list(range(10))
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dit("digits", device="cpu")
+    runner = load_dit("digits", device="cpu")
+    runner.make_schedule(25)
+    return runner
 
 
 def test_loads_offline_as_a_pixel_space_pipeline_directory(digits):
-    assert (DIGITS_DIR / "model_index.json").is_file() and (DIGITS_DIR / "README.md").is_file()
-    assert digits.vae is None and digits.latent_shape == (1, 16, 16) and digits.num_classes == 10
-    same = load_dit(str(DIGITS_DIR), device="cpu")  # the same directory by path: the same weights
-    for p, q in zip(digits.transformer.parameters(), same.transformer.parameters()):
+    folder = digits_dir()
+    assert (folder / "model_index.json").is_file() and (folder / "README.md").is_file()
+    assert digits.pipe.vae is None and digits.latent_shape == (1, 16, 16) and digits.adapter.num_classes == 10
+    same = load_dit(str(folder), device="cpu")  # the same directory by path: the same weights
+    for p, q in zip(digits.pipe.transformer.parameters(), same.pipe.transformer.parameters()):
         assert torch.equal(p, q)
     images = digits.decode(torch.full((2, 1, 16, 16), -1.0))
     assert images[0].mode == "L" and images[0].size == (16, 16) and np.asarray(images[0]).max() == 0
@@ -29,11 +33,12 @@ def test_loads_offline_as_a_pixel_space_pipeline_directory(digits):
 
 def test_converged_solve_equals_sequential_and_diffusers_step_loop(digits):
     schedule = digits.make_schedule(25, 0.0)
-    eps_fn = digits.eps_fn([3, 7], 3.0)
+    conditioning = class_conditioning([3, 7], 3.0)  # guided: DiTPipeline's null label 1000 becomes class 10
+    eps_fn = digits.eps_fn(conditioning)
     noise = sample_noise(0, 2, 25, digits.latent_shape)
     result = solve(eps_fn, schedule, noise, tol1=1e-6, tol2=0.0)  # near the float32 network's rounding
     reference = sequential(eps_fn, schedule, noise)[:, 0]
-    oracle = digits.sequential_reference(noise, [3, 7], 3.0, 25, 0.0)
+    oracle = digits.sequential_reference(noise, conditioning, 0.0, seed=0)  # diffusers' step loop (no VAE)
     assert result.converged and result.iterations < 25
     # float32 network evaluated in batches of other sizes: agreement to float32 rounding, amplified.
     assert (result.samples - reference).abs().max() < 1e-4
@@ -53,7 +58,7 @@ def test_samples_are_recognisable_digits_of_the_requested_class(digits):
     labels = CLASSES * 2
     schedule = digits.make_schedule(50, 0.0)
     noise = sample_noise(0, len(labels), 50, digits.latent_shape)
-    samples = solve(digits.eps_fn(labels, 3.0), schedule, noise).samples
+    samples = solve(digits.eps_fn(class_conditioning(labels, 3.0)), schedule, noise).samples
     pixels = torch.nn.functional.avg_pool2d(samples.float().clamp(-1, 1), 2)  # 16x16 -> 8x8
     features = ((pixels + 1) * 8).flatten(1).numpy()  # [-1, 1] -> the data's 0..16 scale
     predicted = _digit_classifier().predict(features)

@@ -50,8 +50,18 @@ def _launch(function, args: tuple, num_processes: int, tmp_path: Path) -> None:
     with patch_environment(world_size=num_processes, master_addr="127.0.0.1", master_port="29500",
                            accelerate_use_cpu="yes", accelerate_mixed_precision="no",
                            accelerate_debug_rdv_file=str(tmp_path / "rendezvous"), gloo_socket_ifname="lo"):
-        start_processes(PrepareForLaunch(function, debug=True), args=args, nprocs=num_processes,
+        start_processes(PrepareForLaunch(_closing_group, debug=True), args=(function, *args), nprocs=num_processes,
                         start_method="spawn")
+
+
+def _closing_group(function, *args) -> None:
+    """Run ``function`` in a launched process, then leave the process group: a gloo group still
+    alive at interpreter exit has aborted a worker ("terminate called without an active exception")."""
+    try:
+        function(*args)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _solve(eps_fn_for, window_size: int, schedule: Schedule) -> dict:

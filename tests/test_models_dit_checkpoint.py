@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import ModelLoadError, load_dit
-from models.dit_checkpoint import convert_dit_state_dict, is_original_dit_state_dict, load_dit_checkpoint
+from paratAA.pipelines.dit_checkpoint import convert_dit_state_dict, is_original_dit_state_dict, load_dit_checkpoint
+from paratAA.pipelines.locations import ModelLoadError
+from paratAA.pipelines.runner import class_conditioning
+from paratAA.script_models import load_dit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -140,12 +142,12 @@ def test_load_dit_from_original_checkpoint_file(original, tmp_path, tiny_dit_dir
     path = tmp_path / "DiT-tiny.pt"
     torch.save({"ema": original.state_dict(), "model": {}}, path)  # a training checkpoint: "ema" wins
     dit = load_dit(str(path), tiny_dit_dir, "cpu", False)
-    assert dit.latent_shape == (4, 8, 8) and dit.num_classes == 10
     schedule = dit.make_schedule(4, 0.0)
+    assert dit.latent_shape == (4, 8, 8) and dit.adapter.num_classes == 10
     labels = torch.tensor([3, 9])
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     steps, samples = torch.tensor([0, 3]), torch.tensor([0, 1])
-    got = dit.eps_fn(labels, 1.0)(x, steps, samples)
+    got = dit.eps_fn(class_conditioning(labels, 1.0))(x, steps, samples)
     with torch.no_grad():
         expected = original(x.float(), schedule.timesteps[steps], labels)[:, :4].double()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from models.loading import ModelLoadError, load_pretrained, resolve_location
+from paratAA.pipelines.locations import ModelLoadError, load_pretrained, resolve_location
 
 
 def test_existing_paths_are_local(tmp_path):

@@ -11,6 +11,7 @@ from benchmarks.diffusers_paradigms import run_diffusers_paradigms, scheduler_pa
 from paratAA import NonFiniteError, Schedule, sample_noise, sequential, solve
 from paratAA.analytic import gaussian_mixture_problem
 from paratAA.paradigms import DEFAULT_TOLERANCE, solve_paradigms
+from paratAA.pipelines.runner import text_conditioning
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -100,9 +101,11 @@ def test_default_tolerance_is_diffusers_default():
 
 @pytest.fixture(scope="module")
 def tiny_sd():
-    from models import load_sd
+    from paratAA.script_models import load_text_to_image
 
-    return load_sd("tiny", "cpu", False)
+    runner = load_text_to_image("tiny", "cpu", False)
+    runner.make_schedule(10)
+    return runner
 
 
 @pytest.mark.parametrize("sampler, num_steps, window, tolerance", [
@@ -113,7 +116,7 @@ def test_reproduces_diffusers_pipeline_on_tiny_sd(tiny_sd, sampler, num_steps, w
     run = run_diffusers_paradigms(tiny_sd.pipe, "a cat", "", cfg, sampler, num_steps, window, tolerance, seed)
     _, ordinary = scheduler_pair(tiny_sd.pipe.scheduler.config, sampler, num_steps)
     schedule = Schedule.from_scheduler(ordinary, eta=0.0)
-    eps_fn = tiny_sd.eps_fn(["a cat"], [""], cfg, schedule=schedule)
+    eps_fn = tiny_sd.eps_fn(text_conditioning(["a cat"], [""], cfg), schedule)
     noise = sample_noise(seed, 1, num_steps, tiny_sd.latent_shape)
     ours = solve_paradigms(eps_fn, schedule, noise, window_size=window, tolerance=tolerance)
     scale = float(ours.samples.abs().max())

@@ -6,7 +6,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-from models.tiny import tiny_pipeline as tiny_sd_or_dit
 from paratAA import ScheduleError
 from paratAA.pipelines import UnsupportedPipelineError, sample, supported
 from paratAA.pipelines.tiny import tiny_embeddings, tiny_pipeline
@@ -37,7 +36,7 @@ def _assert_same_latents(reference, parallel, num_samples):
 
 
 def _sd():
-    pipe = tiny_sd_or_dit("sd")
+    pipe = tiny_pipeline("sd")
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)  # as SD 1.5 ships it
     return pipe
 
@@ -101,7 +100,7 @@ def test_flux_embedded_guidance_reaches_the_network():
 
 
 def test_dit_class_labels_with_guidance():
-    pipe = tiny_sd_or_dit("dit")
+    pipe = tiny_pipeline("dit")
     kwargs = dict(class_labels=[1, 7], num_inference_steps=STEPS, guidance_scale=4.0, output_type="np")
     reference, parallel = _both(pipe, **kwargs)
     np.testing.assert_allclose(parallel.images, reference.images, atol=1e-4)
@@ -136,7 +135,7 @@ def test_solver_options_and_callback():
 
 
 def test_unsupported_pipeline_and_scheduler_errors_say_what_is_supported():
-    pipe = tiny_sd_or_dit("sd")  # ships a PNDMScheduler, like SD 1.5
+    pipe = tiny_pipeline("sd")  # ships a PNDMScheduler, like SD 1.5
     assert isinstance(pipe.scheduler, PNDMScheduler)
     with pytest.raises(UnsupportedPipelineError,
                        match=r"PNDMScheduler.*DDIMScheduler.*pipe.scheduler = DDIMScheduler.from_config\(pipe.scheduler.config\)"):
@@ -219,7 +218,7 @@ def _prepared_case(kind):
     if kind == "sd":
         return _sd(), dict(prompt=["a red cube", "the dog"], guidance_scale=4.0)
     if kind == "dit":
-        return tiny_sd_or_dit("dit"), dict(class_labels=[1, 7], guidance_scale=4.0)
+        return tiny_pipeline("dit"), dict(class_labels=[1, 7], guidance_scale=4.0)
     extra = dict(height=16, width=16) if kind == "flux" else {}
     return tiny_pipeline(kind), dict(**tiny_embeddings(kind, 2), **extra)
 

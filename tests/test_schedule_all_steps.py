@@ -7,15 +7,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from models.dit import _DIT_DDIM
-from models.tiny import DIT_SCHEDULER_CONFIG, SD_SCHEDULER_CONFIG
+from paratAA.pipelines.defaults import DIT_DDIM, DIT_SCHEDULER_CONFIG
+from paratAA.pipelines.tiny import SD_SCHEDULER_CONFIG
 from paratAA import Schedule, ScheduleError
 
 CONFIGS = {
     # SD 1.5: leading spacing with steps_offset=1, as SDAdapter builds it.
     "sd": (SD_SCHEDULER_CONFIG, dict(clip_sample=False)),
     # DiT: linspace spacing, final alpha 1, as DiTAdapter builds it.
-    "dit": (DIT_SCHEDULER_CONFIG, _DIT_DDIM),
+    "dit": (DIT_SCHEDULER_CONFIG, DIT_DDIM),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import parallel_sd
 import parallel_sd_winit
-from models.text_to_image import pipeline_class
+from paratAA.pipelines.loading import pipeline_class
 from paratAA.cli import run_cli
 
 T = 8

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTPipeline, DiTTransformer2DModel
 
-from models.tiny import DIT_SCHEDULER_CONFIG
+from paratAA.pipelines.defaults import DIT_SCHEDULER_CONFIG
 
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
@@ -117,16 +117,17 @@ def train(output_dir: Path, steps: int, batch_size: int, lr: float, ema_decay: f
 
 def sample_grid(model_dir: Path, per_class: int = 8, timesteps: int = 50, cfg_scale: float = 3.0, seed: int = 0):
     """Sequential DDIM samples of every class, loaded like any model directory; rows = classes."""
-    from models import load_dit
-    from paratAA import sample_noise, sequential
+    from paratAA import sequential
+    from paratAA.pipelines.runner import class_conditioning
     from paratAA.runs import contact_sheet
+    from paratAA.script_models import load_dit
 
-    adapter = load_dit(str(model_dir), device="cpu")
-    schedule = adapter.make_schedule(timesteps, 0.0)
+    runner = load_dit(str(model_dir), device="cpu")
+    schedule = runner.make_schedule(timesteps, 0.0)
     labels = [c for c in range(NUM_CLASSES) for _ in range(per_class)]
-    noise = sample_noise(seed, len(labels), timesteps, adapter.latent_shape)
-    samples = sequential(adapter.eps_fn(labels, cfg_scale), schedule, noise)[:, 0]
-    images = adapter.decode(samples)
+    noise = runner.sample_noise(seed, len(labels), timesteps)
+    samples = sequential(runner.eps_fn(class_conditioning(labels, cfg_scale)), schedule, noise)[:, 0]
+    images = runner.decode(samples)
     return contact_sheet([images[c * per_class:(c + 1) * per_class] for c in range(NUM_CLASSES)], min_size=48)
 
 
@@ -150,7 +151,8 @@ on a network that learned something, offline, in seconds on a CPU.
   (torch {facts['torch']}; about 0.33 s per step on a free core). Loss curve: `loss.csv`.
 - **Command**: `{facts['command']}`
 - **Use**: `python parallel_dit.py --model_path digits --class_labels 0 1 2 3 4 5 6 7 8 9 --timesteps 50`
-  or `models.load_dit("digits")`.
+  or, in Python, `paratAA.script_models.load_dit("digits")` (a `PipelineRunner`), or
+  `DiTPipeline.from_pretrained("models/digits", vae=None)` with `paratAA.pipelines.prepare`.
 
 `samples.png`: sequential DDIM, 50 steps, guidance 3, seed 0, one row per class 0-9.
 

@@ -32,6 +32,7 @@ to the network, and how the recorded calls' outputs combine into the step's mode
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ import torch
 import paratAA
 from paratAA.schedule import Schedule
 
-__all__ = ["NetworkCall", "PipelineAdapter", "UnsupportedPipelineError", "SUPPORTED_SCHEDULERS", "solver_options"]
+__all__ = ["MISSING", "NetworkCall", "PipelineAdapter", "UnsupportedPipelineError", "SUPPORTED_SCHEDULERS", "delegate",
+           "restore", "solver_options"]
 
 SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -106,6 +108,10 @@ class PipelineAdapter:
             whose first dimension runs over the call's rows (per-row conditioning).
         unsupported_arguments: pipeline call arguments that change the loop in a way the parallel
             solve does not reproduce, with the reason; refused when given (not None).
+        initial_latents_argument: the call argument that takes ``x[T]`` (None: the pipeline draws
+            its latents from ``generator`` only, as ``DiTPipeline`` does).
+        placeholder_arguments: a one-sample conditioning for calls whose conditioning does not
+            matter (``paratAA.pipelines.runner`` reads the schedule and latent shape with it).
     """
 
     pipeline_classes: tuple[str, ...] = ()
@@ -121,6 +127,8 @@ class PipelineAdapter:
         "ip_adapter_image": "IP-Adapter inputs are not supported",
         "ip_adapter_image_embeds": "IP-Adapter inputs are not supported",
     }
+    initial_latents_argument: str | None = "latents"
+    placeholder_arguments: dict[str, Any] = {"prompt": "a"}
 
     def __init__(self, pipe: Any, max_batch_size: int | None = None):
         if max_batch_size is None:
@@ -147,6 +155,18 @@ class PipelineAdapter:
         for name, reason in self.unsupported_arguments.items():
             if arguments.get(name) is not None:
                 raise UnsupportedPipelineError(f"{name}: not supported by paratAA.pipelines.sample ({reason})")
+
+    def check_full_call(self) -> None:
+        """Refuse a pipeline whose own ``__call__`` cannot run to its end (``sample``; ``prepare`` stops early)."""
+
+    def runs_as_adapted(self) -> bool:
+        """Whether the pipeline's own ``__call__`` computes the model output this adapter's ``eps_fn``
+        does (an adapter option that changes guidance, for example, makes it differ)."""
+        return True
+
+    def rewrite_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """A recorded network call's arguments as the network is to get them (default: unchanged)."""
+        return arguments
 
     def step_copies(self, arguments: dict[str, Any]) -> int:
         """How many copies of each sample the pipeline's ``scheduler.step`` carries (DiT: 2 with guidance)."""
@@ -180,7 +200,7 @@ class PipelineAdapter:
 
     # ------------------------------------------------------------------------------------ the network
     def bind(self, args: tuple, kwargs: dict) -> NetworkCall:
-        """Record a denoiser call by parameter name."""
+        """Record a denoiser call by parameter name (``rewrite_arguments`` applied)."""
         bound = self._signature.bind(self.module, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self")
@@ -189,6 +209,7 @@ class PipelineAdapter:
                 arguments.update(arguments.pop(name, {}))
             elif parameter.kind is inspect.Parameter.VAR_POSITIONAL and arguments.get(name):
                 raise UnsupportedPipelineError(f"{type(self.module).__name__}: extra positional network arguments")
+        arguments = self.rewrite_arguments(arguments)
         latents = arguments[self.latent_argument]
         return NetworkCall(arguments=arguments, rows=int(latents.shape[0]))
 
@@ -216,7 +237,10 @@ class PipelineAdapter:
         inputs_per_row = sum(copies)
         chunk = max(1, self.max_batch_size // inputs_per_row)
 
+        @torch.no_grad()  # also outside the pipeline's own (no-grad) call: prepare's callers solve after it
         def eps(x: torch.Tensor, steps: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+            if steps.numel() and not 0 <= int(steps.min()) <= int(steps.max()) < schedule.num_steps:
+                raise ValueError(f"steps: indices must lie in [0, {schedule.num_steps}), the schedule's steps")
             out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
             for start in range(0, x.shape[0], chunk):
                 rows = slice(start, min(start + chunk, x.shape[0]))
@@ -253,3 +277,27 @@ def solver_options(given: dict[str, Any]) -> dict[str, Any]:
 
 
 Callback = Callable[[paratAA.IterationRecord], None]
+
+
+# Instance patches (the network's forward, the scheduler's step) are instance attributes set over the
+# class's methods for the duration of a call; MISSING marks an object that had no instance attribute.
+MISSING = object()
+
+
+def delegate(original: Any, target: Any) -> Any:
+    """A plain function calling ``target`` that presents ``original``'s name and signature (pipelines
+    inspect them, e.g. whether ``step`` takes ``eta`` or ``generator``)."""
+
+    @functools.wraps(original)
+    def delegating(*args: Any, **kwargs: Any) -> Any:
+        return target(*args, **kwargs)
+
+    return delegating
+
+
+def restore(obj: Any, name: str, saved: Any) -> None:
+    """Undo an instance patch: put back the saved instance attribute, or remove the patch (``MISSING``)."""
+    if saved is MISSING:
+        obj.__dict__.pop(name, None)
+    else:
+        setattr(obj, name, saved)

@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
-from .base import PipelineAdapter
+from .base import PipelineAdapter, UnsupportedPipelineError
+from .defaults import GUIDANCE_RULES
 
 __all__ = ["ADAPTERS", "DiTAdapter", "FluxAdapter", "SD3Adapter", "StableDiffusionAdapter"]
+
 
 def _guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """``uncond + scale * (cond - uncond)``, in the network's dtype, as the pipelines compute it."""
@@ -147,9 +149,20 @@ class FluxAdapter(PipelineAdapter):
 
 
 class DiTAdapter(PipelineAdapter):
-    """``DiTPipeline``: class-conditional; with guidance the batch is [classes, null class] and
-    every latent channel is guided; learned-sigma channels are dropped. The pipeline steps the
-    doubled batch, so ``step`` carries two copies of each sample.
+    """``DiTPipeline``: class-conditional; with guidance the batch is [classes, null class];
+    learned-sigma channels are dropped. The pipeline steps the doubled batch, so ``step`` carries
+    two copies of each sample.
+
+    Options beyond the pipeline's own behaviour:
+
+    - ``guidance="original"``: the original DiT code's rule (its ``forward_with_cfg``, which the
+      authors' ParaTAA script uses): only the first 3 latent channels are guided, the 4th takes the
+      conditional prediction. The default ``"all"`` guides every channel, as ``DiTPipeline`` does.
+    - A DiT with other than ImageNet's 1000 classes (``models/digits``): ``DiTPipeline`` writes the
+      null class as label 1000; it becomes the model's own null class, ``num_classes``.
+    - Pixel space: a pipeline without a VAE (``vae=None``) decodes to the sample itself, mapped
+      from [-1, 1] as the pipeline maps a decoded image. ``prepare`` serves it; ``sample`` refuses
+      it, since the pipeline's own call ends in ``vae.decode``.
     """
 
     pipeline_classes = ("DiTPipeline",)
@@ -158,6 +171,46 @@ class DiTAdapter(PipelineAdapter):
     denoiser = "transformer"
     latent_argument = "hidden_states"
     batched_arguments = ("class_labels",)
+    initial_latents_argument = None
+    placeholder_arguments = {"class_labels": [0]}
+    PIPELINE_NULL_CLASS = 1000  # DiTPipeline.__call__'s null label
+    ORIGINAL_GUIDED_CHANNELS = 3  # the original DiT forward_with_cfg guides this many channels
+
+    def __init__(self, pipe: Any, max_batch_size: int | None = None, guidance: str = "all"):
+        if guidance not in GUIDANCE_RULES:
+            raise ValueError(f"guidance must be one of {GUIDANCE_RULES}, got {guidance!r}")
+        super().__init__(pipe, max_batch_size)
+        self.guidance = guidance
+
+    @property
+    def num_classes(self) -> int:
+        """The model's class count; label ``num_classes`` is its null (unconditional) class."""
+        return int(self.module.config.num_embeds_ada_norm)
+
+    def check_arguments(self, arguments: dict[str, Any]) -> None:
+        super().check_arguments(arguments)
+        labels = arguments.get("class_labels")
+        labels = torch.as_tensor([] if labels is None else labels).reshape(-1)
+        if labels.is_floating_point() or (labels.numel() and not 0 <= int(labels.min()) <= int(labels.max())
+                                          < self.num_classes):
+            raise ValueError(f"class_labels: expected integer labels in [0, {self.num_classes}) for this model, "
+                             f"got {labels.tolist()}")
+
+    def check_full_call(self) -> None:
+        if self.pipe.vae is None:
+            raise UnsupportedPipelineError(
+                "DiTPipeline: a pipeline without a VAE (pixel space) cannot run its own call to the end "
+                "(it decodes with vae.decode); use paratAA.pipelines.prepare and Prepared.decode")
+
+    def runs_as_adapted(self) -> bool:
+        return self.guidance == "all" and self.pipe.vae is not None and self.num_classes == self.PIPELINE_NULL_CLASS
+
+    def rewrite_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        labels = arguments.get("class_labels")
+        if self.num_classes == self.PIPELINE_NULL_CLASS or not isinstance(labels, torch.Tensor):
+            return arguments
+        null = labels == self.PIPELINE_NULL_CLASS
+        return {**arguments, "class_labels": torch.where(null, torch.full_like(labels, self.num_classes), labels)}
 
     def step_copies(self, arguments: dict[str, Any]) -> int:
         return 2 if arguments["guidance_scale"] > 1 else 1
@@ -168,13 +221,18 @@ class DiTAdapter(PipelineAdapter):
         if len(parts) == 1:
             out = parts[0]
             return out[:, :channels] if self.module.config.out_channels // 2 == channels else out
-        cond, uncond = parts
-        return _guided(uncond[:, :channels], cond[:, :channels], arguments["guidance_scale"])
+        cond, uncond = (part[:, :channels] for part in parts)
+        guided = _guided(uncond, cond, arguments["guidance_scale"])
+        if self.guidance == "original":
+            guided[:, self.ORIGINAL_GUIDED_CHANNELS:] = cond[:, self.ORIGINAL_GUIDED_CHANNELS:]
+        return guided
 
     def decode(self, latents: torch.Tensor, arguments: dict[str, Any], output_type: str) -> Any:
-        """As ``DiTPipeline`` ends: images in [0, 1]; ``pt`` tensors, else numpy (``pil``: PIL images)."""
+        """As ``DiTPipeline`` ends: images in [0, 1]; ``pt`` tensors, else numpy (``pil``: PIL images,
+        grey for one-channel pixel-space models)."""
+        vae = self.pipe.vae
         with torch.no_grad():
-            samples = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor).sample
+            samples = latents if vae is None else vae.decode(latents / vae.config.scaling_factor).sample
         samples = (samples / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return samples

@@ -6,7 +6,6 @@ How the pipeline's call is driven is described in ``paratAA.pipelines.base``.
 from __future__ import annotations
 
 import contextlib
-import functools
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -15,13 +14,11 @@ import torch
 import paratAA
 from paratAA.schedule import Schedule
 
-from .base import Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, solver_options
+from .base import (MISSING, Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, delegate, restore,
+                   solver_options)
 from .families import ADAPTERS
 
 __all__ = ["ParallelPipelineOutput", "Prepared", "adapter_for", "prepare", "sample", "supported"]
-
-_MISSING = object()
-
 
 @dataclass
 class ParallelPipelineOutput:
@@ -45,8 +42,8 @@ def supported() -> dict[str, tuple[str, ...]]:
     return {name: adapter.schedulers for adapter in ADAPTERS for name in adapter.pipeline_classes}
 
 
-def adapter_for(pipe: Any, max_batch_size: int | None = None) -> PipelineAdapter:
-    """The adapter of ``pipe``'s family.
+def adapter_for(pipe: Any, max_batch_size: int | None = None, **options: Any) -> PipelineAdapter:
+    """The adapter of ``pipe``'s family (``options``: the family adapter's own, e.g. DiT's ``guidance``).
 
     Raises:
         UnsupportedPipelineError: the pipeline class, or its scheduler, is not supported; the
@@ -67,13 +64,13 @@ def adapter_for(pipe: Any, max_batch_size: int | None = None) -> PipelineAdapter
             f"scheduler: {scheduler} is not supported for {name}; supported: {', '.join(adapter.schedulers)}. "
             f"Switch with: from diffusers import {suggestion}; "
             f"pipe.scheduler = {suggestion}.from_config(pipe.scheduler.config)")
-    return adapter(pipe, max_batch_size)
+    return adapter(pipe, max_batch_size, **options)
 
 
 def sample(pipe: Any, *, window_size: int | None = None, order: int | None = None, memory_size: int | None = None,
            tol1: float | None = None, tol2: float | None = None, max_iters: int | None = None,
            callback: Callback | None = None, map_form: str | None = None, max_batch_size: int | None = None,
-           accelerator: Any = None, **pipe_kwargs: Any) -> ParallelPipelineOutput:
+           accelerator: Any = None, adapter: PipelineAdapter | None = None, **pipe_kwargs: Any) -> ParallelPipelineOutput:
     """Run ``pipe(**pipe_kwargs)`` with its denoising loop solved in parallel by ParaTAA.
 
     A drop-in for a pipeline call: the same arguments, the same initial latents from the same
@@ -90,6 +87,8 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
         accelerator: an ``accelerate.Accelerator`` to split each iteration's network rows across
             its processes (``paratAA.distributed``). Every process calls ``sample`` with the same
             arguments (the same generator seeds) and gets the same result.
+        adapter: a family adapter of ``pipe`` with options of its own (``adapter_for(pipe,
+            guidance="original")`` for DiT); default ``adapter_for(pipe, max_batch_size)``.
         **pipe_kwargs: the pipeline call's own arguments (``prompt`` or ``prompt_embeds``,
             ``guidance_scale``, ``num_inference_steps``, ``generator``, ``output_type``, ...).
 
@@ -101,7 +100,8 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
         paratAA.ScheduleError: a scheduler configuration that is not affine (named).
         ValueError: a solver option out of range (named).
     """
-    adapter = adapter_for(pipe, max_batch_size)
+    adapter = _adapter(pipe, adapter, max_batch_size)
+    adapter.check_full_call()
     arguments = adapter.call_arguments(pipe_kwargs)
     adapter.check_arguments(arguments)
     given = dict(window_size=window_size, order=order, memory_size=memory_size, tol1=tol1, tol2=tol2,
@@ -127,6 +127,7 @@ class Prepared:
         adapter: the pipeline family's adapter.
         arguments: the pipeline call's arguments, defaults filled in.
         latent_dtype: the dtype of the pipeline's latents.
+        calls: the network calls recorded in the pipeline's first step.
     """
 
     schedule: Schedule
@@ -135,11 +136,17 @@ class Prepared:
     adapter: PipelineAdapter
     arguments: dict[str, Any]
     latent_dtype: torch.dtype
+    calls: list[NetworkCall]
+
+    def eps_fn_for(self, schedule: Schedule) -> paratAA.EpsFn:
+        """The network as ``eps_fn`` does it, its step indices mapped by another ``schedule``
+        (timesteps and Euler's input scale) of the same model: e.g. DDPM's over DDIM's configuration."""
+        return self.adapter.eps_fn(self.calls, schedule, self.noise.shape[0], self.arguments)
 
     def decode(self, latents: torch.Tensor, output_type: str | None = None) -> Any:
         """Final latents ``(B, *latent)`` to images, as the pipeline's call ends (``output_type``
         default: the call's)."""
-        latents = latents.to(self.noise.device, self.latent_dtype)
+        latents = latents.detach().to(self.noise.device, self.latent_dtype)
         return self.adapter.decode(latents, self.arguments, output_type or self.arguments.get("output_type", "pil"))
 
 
@@ -147,8 +154,16 @@ class _Prepared(Exception):
     """Stops a pipeline call at its first step (``prepare``)."""
 
 
+def _adapter(pipe: Any, adapter: PipelineAdapter | None, max_batch_size: int | None) -> PipelineAdapter:
+    if adapter is None:
+        return adapter_for(pipe, max_batch_size)
+    if adapter.pipe is not pipe:
+        raise ValueError("adapter: an adapter of another pipeline; build it with adapter_for(pipe, ...)")
+    return adapter
+
+
 def prepare(pipe: Any, *, max_batch_size: int | None = None, accelerator: Any = None,
-            **pipe_kwargs: Any) -> Prepared:
+            adapter: PipelineAdapter | None = None, **pipe_kwargs: Any) -> Prepared:
     """Run ``pipe(**pipe_kwargs)`` up to its first denoising step and return the solve's inputs.
 
     For callers that run ``paratAA.solve`` themselves (the entry scripts: their own noise through
@@ -156,12 +171,12 @@ def prepare(pipe: Any, *, max_batch_size: int | None = None, accelerator: Any = 
     recorded first call); the pipeline is left as it was.
 
     Args:
-        pipe, max_batch_size, accelerator, **pipe_kwargs: as for ``sample``.
+        pipe, max_batch_size, accelerator, adapter, **pipe_kwargs: as for ``sample``.
 
     Returns:
         The ``Prepared`` schedule, ``eps_fn``, noise and decoder.
     """
-    adapter = adapter_for(pipe, max_batch_size)
+    adapter = _adapter(pipe, adapter, max_batch_size)
     arguments = adapter.call_arguments(pipe_kwargs)
     adapter.check_arguments(arguments)
     run = _ParallelRun(adapter, arguments, {}, None, accelerator)
@@ -196,28 +211,29 @@ class _ParallelRun:
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         module, scheduler = self.adapter.module, self.adapter.pipe.scheduler
-        saved_forward = module.__dict__.get("forward", _MISSING)
+        saved_forward = module.__dict__.get("forward", MISSING)
         self._network = module.forward  # whatever forward is now (accelerate/diffusers hooks included)
         self._scheduler = scheduler
-        self._saved_step = scheduler.__dict__.get("step", _MISSING)
+        self._saved_step = scheduler.__dict__.get("step", MISSING)
         self._scheduler_step = scheduler.step
         # Keep the originals' signatures: pipelines inspect them (e.g. whether step takes eta, generator).
-        self._patched_forward = _delegate(self._network, self._forward)
-        self._patched_step = _delegate(self._scheduler_step, self._step)
+        self._patched_forward = delegate(self._network, self._forward)
+        self._patched_step = delegate(self._scheduler_step, self._step)
         module.forward = self._patched_forward
         scheduler.step = self._patched_step
         try:
             yield
         finally:
-            _restore(module, "forward", saved_forward)
-            _restore(scheduler, "step", self._saved_step)
+            restore(module, "forward", saved_forward)
+            restore(scheduler, "step", self._saved_step)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.phase == "solving":
             return self._network(*args, **kwargs)
         if self.phase == "record":
-            self.calls.append(self.adapter.bind(args, kwargs))
-            output = self._network(*args, **kwargs)
+            call = self.adapter.bind(args, kwargs)
+            self.calls.append(call)
+            output = self._network(**call.arguments)
             self.outputs.append(output)
             return output
         # done: the pipeline's later loop iterations get the recorded answers (their step ignores them)
@@ -256,7 +272,7 @@ class _ParallelRun:
                 f"{type(self.adapter.pipe).__name__}: the pipeline stepped its scheduler without calling "
                 f"its {self.adapter.denoiser}")
         scheduler = self._scheduler
-        _restore(scheduler, "step", self._saved_step)  # from_scheduler replays step on a copy: unpatched
+        restore(scheduler, "step", self._saved_step)  # from_scheduler replays step on a copy: unpatched
         try:
             eta = step_kwargs.get("eta", 0.0) if type(scheduler).__name__ == "DDIMScheduler" else 0.0
             schedule = Schedule.from_scheduler(scheduler, eta=eta or 0.0)
@@ -275,7 +291,7 @@ class _ParallelRun:
 
             eps_fn = shard_eps_fn(eps_fn, self.accelerator)
         return Prepared(schedule=schedule, eps_fn=eps_fn, noise=noise, adapter=self.adapter,
-                        arguments=self.arguments, latent_dtype=sample.dtype)
+                        arguments=self.arguments, latent_dtype=sample.dtype, calls=list(self.calls))
 
 
 def _replay_step_noise(noise: torch.Tensor, scheduler: Any, model_output: torch.Tensor, generator: Any) -> None:
@@ -293,20 +309,3 @@ def _replay_step_noise(noise: torch.Tensor, scheduler: Any, model_output: torch.
             continue
         z = randn_tensor(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
         noise[:, num_steps - 1 - k] = z[: noise.shape[0]].to(noise.device, torch.float64)
-
-
-def _delegate(original: Any, target: Any) -> Any:
-    """A plain function calling ``target`` that presents ``original``'s name and signature."""
-
-    @functools.wraps(original)
-    def delegate(*args: Any, **kwargs: Any) -> Any:
-        return target(*args, **kwargs)
-
-    return delegate
-
-
-def _restore(obj: Any, name: str, saved: Any) -> None:
-    if saved is _MISSING:
-        obj.__dict__.pop(name, None)
-    else:
-        setattr(obj, name, saved)

@@ -1,17 +1,22 @@
-"""Tiny random-weight SDXL, SD3 and Flux pipelines of the real architectures, built offline in milliseconds.
+"""Tiny random-weight DiT, SD, SDXL, SD3 and Flux pipelines of the real architectures, built offline in milliseconds.
 
-For tests and examples without the hub: the real pipeline, network, VAE, text encoder and
-scheduler classes with each pipeline's shipped scheduler configuration, but a few thousand weights
-and 8x8 latents (16x16 images). Text encoders: tiny CLIP (SDXL: two; SD3: two with projections, no
-T5, which SD3 allows; Flux: CLIP and T5) with real tokenizers over a small vocabulary, built from
-files this module writes; ``text_encoders=False`` leaves them out, and the pipelines are then called
-with prompt embeddings (``tiny_embeddings`` makes random ones of the right shapes). Weights come
-from a fixed seed (the global RNG is left untouched); float32, CPU, eval mode.
+For tests and examples without the hub (``--model_path tiny``, ``tiny-sdxl``, ...): the real
+pipeline, network, VAE, text encoder and scheduler classes with each pipeline's shipped scheduler
+configuration (SD: SD 1.5's ``PNDMScheduler``; DiT: DDIM over DiT's training schedule), but a few
+thousand weights and 8x8 latents (16x16 images). The DiT has learned sigma and 1000 classes, like
+DiT-XL/2. Text encoders: tiny CLIP (SD: one; SDXL: two; SD3: two with projections, no T5, which SD3
+allows; Flux: CLIP and T5) with real tokenizers over a small vocabulary, built from files this
+module writes; ``text_encoders=False`` leaves them out, and the pipelines are then called with
+prompt embeddings (``tiny_embeddings`` makes random ones of the right shapes). Weights come from a
+fixed seed (the global RNG is left untouched); float32, CPU, eval mode. ``save_tiny_pipeline``
+writes one as an ordinary pipeline directory, so the code that loads hub checkpoints is exercised
+on local directories.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import string
 import tempfile
 from pathlib import Path
@@ -20,22 +25,33 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    DDIMScheduler,
+    DiTPipeline,
+    DiTTransformer2DModel,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    PNDMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 
-__all__ = ["TINY_KINDS", "tiny_clip_tokenizer", "tiny_embeddings", "tiny_pipeline", "tiny_t5_tokenizer"]
+from .defaults import DIT_SCHEDULER_CONFIG, TINY_KINDS
 
-TINY_KINDS = ("sdxl", "sd3", "flux")
+__all__ = ["SD_SCHEDULER_CONFIG", "TINY_KINDS", "save_tiny_pipeline", "tiny_clip_tokenizer", "tiny_embeddings",
+           "tiny_pipeline", "tiny_t5_tokenizer"]
+
 SEED = 0
 IMAGE_SIZE = 16  # pixels; the tiny VAE has two blocks, so latents are 8x8
 # The scheduler configurations the real checkpoints ship (SDXL base 1.0, SD3 medium, FLUX.1-dev).
+# SD 1.5 ships a PNDM scheduler config with these fields; DDIM built from it uses leading spacing.
+SD_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                           beta_schedule="scaled_linear", set_alpha_to_one=False, skip_prk_steps=True,
+                           steps_offset=1, prediction_type="epsilon")
 SDXL_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
                       timestep_spacing="leading", prediction_type="epsilon", interpolation_type="linear")
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
@@ -98,6 +114,43 @@ def _vae(latent_channels: int = 4, **factors: float) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=IMAGE_SIZE, **factors,
     ).eval()
+
+
+def build_tiny_dit_pipeline(seed: int = SEED, text_encoders: bool = True) -> DiTPipeline:
+    """DiT: 2 layers, 8x8x4 latents, patch 2, learned sigma, 1000 classes; a DDIM scheduler of DiT's
+    training schedule (``text_encoders`` is ignored: DiT has none)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = DiTTransformer2DModel(
+            num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=2,
+            sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
+        ).eval()
+        vae = _vae()
+    pipe = DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler(**DIT_SCHEDULER_CONFIG))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd_pipeline(seed: int = SEED, text_encoders: bool = True) -> StableDiffusionPipeline:
+    """SD 1.x: a 2-level UNet (cross-attention 16), a 2-layer CLIP text encoder, SD 1.5's scheduler
+    configuration (a ``PNDMScheduler``, as SD 1.5 ships), no safety checker."""
+    tokenizer, text_encoder = None, None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+        ).eval()
+        vae = _vae()
+        if text_encoders:
+            tokenizer = tiny_clip_tokenizer()
+            text_encoder = _clip(tokenizer, 16)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=PNDMScheduler(**SD_SCHEDULER_CONFIG), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def build_tiny_sdxl_pipeline(seed: int = SEED, text_encoders: bool = True) -> StableDiffusionXLPipeline:
@@ -166,17 +219,25 @@ def build_tiny_flux_pipeline(seed: int = SEED, text_encoders: bool = True) -> Fl
     return pipe
 
 
-_BUILDERS = {"sdxl": build_tiny_sdxl_pipeline, "sd3": build_tiny_sd3_pipeline, "flux": build_tiny_flux_pipeline}
+_BUILDERS = {"dit": build_tiny_dit_pipeline, "sd": build_tiny_sd_pipeline, "sdxl": build_tiny_sdxl_pipeline,
+             "sd3": build_tiny_sd3_pipeline, "flux": build_tiny_flux_pipeline}
 
 
 def tiny_pipeline(kind: str, seed: int = SEED, text_encoders: bool = True) -> Any:
-    """A new tiny ``"sdxl"``, ``"sd3"`` or ``"flux"`` pipeline (``--model_path tiny-<kind>``).
+    """A new tiny ``"dit"``, ``"sd"``, ``"sdxl"``, ``"sd3"`` or ``"flux"`` pipeline (``--model_path tiny``,
+    ``tiny-<kind>``).
 
     Flux prompts: pass ``max_sequence_length=16`` (the tiny T5 tokenizer's length).
     """
     if kind not in _BUILDERS:
         raise ValueError(f"kind must be one of {TINY_KINDS}, got {kind!r}")
     return _BUILDERS[kind](seed, text_encoders)
+
+
+def save_tiny_pipeline(kind: str, path: str | os.PathLike) -> str:
+    """Write the tiny pipeline ``kind`` as a diffusers pipeline directory (``save_pretrained``); returns the path."""
+    tiny_pipeline(kind).save_pretrained(path)
+    return str(path)
 
 
 def tiny_embeddings(kind: str, batch: int, seed: int = 0, negative: bool = True) -> dict[str, torch.Tensor]:

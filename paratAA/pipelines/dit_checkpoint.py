@@ -39,7 +39,7 @@ from accelerate import init_empty_weights
 from diffusers import DiTTransformer2DModel
 from safetensors import SafetensorError
 
-from .loading import LOAD_ERRORS, ModelLoadError, first_line
+from .locations import LOAD_ERRORS, ModelLoadError, first_line
 
 __all__ = ["is_original_dit_state_dict", "convert_dit_state_dict", "load_dit_checkpoint"]
 

@@ -11,19 +11,50 @@ argument, the location and what was tried.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
 import warnings
 from typing import Any
 
-__all__ = ["LOAD_ERRORS", "ModelLoadError", "first_line", "load_pretrained", "resolve_location"]
+__all__ = ["LOAD_ERRORS", "ModelLoadError", "first_line", "load_pretrained", "quiet_library_notices",
+           "resolve_location"]
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 # huggingface_hub's repo-id rule: one optional "owner/" then a name of letters, digits, "-", "_", ".".
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # What from_pretrained / torch.load raise for missing, partial or malformed files (hub errors are OSErrors).
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+class _NoticeFilter(logging.Filter):
+    """Drops the log records containing ``fragment``."""
+
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+# Library notices that would otherwise open every run's output:
+# - transformers: its image processors fall back to PIL without torchvision. This project deliberately
+#   installs no torchvision (it breaks these machines) and uses no image processor.
+# - diffusers: "Couldn't connect to the Hub ... Will try to load from local cache" for every hub id when
+#   offline. Loading from the cache then works silently, and a model that is not cached ends in a one-line
+#   ``ModelLoadError`` that says so.
+_NOTICES = {"transformers.utils.import_utils": "requires torchvision (not installed)",
+            "diffusers.pipelines.pipeline_utils": "Couldn't connect to the Hub"}
+
+
+def quiet_library_notices() -> None:
+    """Install the filters of ``_NOTICES`` (once: repeated calls add nothing)."""
+    for name, fragment in _NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoticeFilter) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_NoticeFilter(fragment))
 
 
 class ModelLoadError(ValueError):

@@ -1,0 +1,43 @@
+"""Default model locations and DiT's sampling settings, importable without torch or diffusers (the entry
+scripts' parsers need them before anything heavy loads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "DEFAULT_SD", "DIGITS_MODEL", "DIT_DDIM", "DIT_SCHEDULER_CONFIG",
+           "GUIDANCE_RULES", "TINY_KINDS", "TINY_PREFIX", "digits_dir", "tiny_kind"]
+
+DEFAULT_DIT = "facebook/DiT-XL-2-256"
+# The VAE the DiT authors sample with (their sample.py default); used when the model brings none.
+DEFAULT_DIT_VAE = "stabilityai/sd-vae-ft-ema"
+# The id diffusers' own documentation uses since runwayml/stable-diffusion-v1-5 was withdrawn.
+DEFAULT_SD = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# DiT's classifier-free guidance rules: every latent channel (diffusers' DiTPipeline) or the first 3 (the
+# original DiT code's forward_with_cfg); see paratAA.pipelines.families.DiTAdapter.
+GUIDANCE_RULES = ("all", "original")
+# DiT's training schedule (the original repository's and diffusers' conversion script's): linear betas.
+DIT_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                            prediction_type="epsilon", clip_sample=False)
+# DiT's respaced DDIM (ALGORITHM.md section 6): linspace(0, 999, T).round() timesteps, alpha_bar = 1 after
+# the last step, no clipping; applied over the pipeline's own scheduler configuration.
+DIT_DDIM = dict(timestep_spacing="linspace", set_alpha_to_one=True, steps_offset=0, clip_sample=False)
+# --model_path digits: the small trained pixel-space DiT in the repository's models/digits
+# (training/train_digits.py).
+DIGITS_MODEL = "digits"
+
+
+def digits_dir() -> Path:
+    """The repository's ``models/digits`` pipeline directory (present in a checkout, not in a wheel)."""
+    return Path(__file__).resolve().parents[2] / "models" / DIGITS_MODEL
+
+
+# --model_path tiny-<kind>: tiny random-weight pipelines built offline (paratAA.pipelines.tiny).
+TINY_PREFIX = "tiny-"
+TINY_KINDS = ("dit", "sd", "sdxl", "sd3", "flux")
+
+
+def tiny_kind(model_path: str) -> str | None:
+    """The tiny pipeline ``model_path`` names (``"tiny-sd3"`` -> ``"sd3"``), else None."""
+    kind = model_path.removeprefix(TINY_PREFIX) if model_path.startswith(TINY_PREFIX) else None
+    return kind if kind in TINY_KINDS else None

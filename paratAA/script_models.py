@@ -1,0 +1,133 @@
+"""The entry scripts' models: which pipeline families each script runs, the flags that apply to them, loading.
+
+``parallel_dit.py`` runs ``DiTPipeline`` s, ``parallel_sd.py`` and ``parallel_sd_winit.py`` the
+text-to-image families (SD 1.x/2.x, SDXL, SD3, Flux). The family comes from the model's
+``model_index.json`` (``paratAA.pipelines.loading.pipeline_class``): read from a local directory
+before anything heavy is imported, so flags that do not apply fail at once; fetched for a hub id
+when the model loads. ``--model_path tiny`` names the script's own tiny random-weight model
+(``tiny-dit`` or ``tiny-sd``); ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux`` the others.
+
+Both loaders return a ``paratAA.pipelines.runner.PipelineRunner``: the model-specific code is the
+pipeline family adapters', the same that serves ``paratAA.pipelines.sample``. This module imports
+neither torch nor diffusers at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paratAA.cli import TINY_MODEL, UsageError
+from paratAA.pipelines.defaults import TINY_PREFIX
+from paratAA.pipelines.loading import DIT, FLUX, SD, SD3, SDXL, load_pipeline, pipeline_class
+from paratAA.pipelines.locations import ModelLoadError
+
+__all__ = ["MODEL_HELP", "TEXT_TO_IMAGE", "check_dit_family", "check_text_to_image_flags", "load_dit",
+           "load_text_to_image", "script_pipeline_class"]
+
+TEXT_TO_IMAGE = (SD, SDXL, SD3, FLUX)
+# The sampler each text-to-image family runs with here (for messages).
+SAMPLERS = {SD: "DDIM", SDXL: "Euler (EulerDiscreteScheduler)", SD3: "flow-matching Euler", FLUX: "flow-matching Euler"}
+# Call arguments of the tiny pipelines: Flux's default image size is 1024 pixels and its T5 reads 512
+# tokens; the tiny one is 16x16 with 16 tokens.
+TINY_CALL_ARGUMENTS = {"tiny-flux": dict(height=16, width=16, max_sequence_length=16)}
+MODEL_HELP = ("a text-to-image pipeline by hub id or local directory: Stable Diffusion 1.x/2.x (DDIM), SDXL (Euler), "
+              "SD3 or Flux (flow matching), detected from its model_index.json; 'tiny', 'tiny-sdxl', 'tiny-sd3', "
+              "'tiny-flux' build tiny random-weight pipelines offline")
+
+
+def _model_path(model_path: str, own_tiny: str) -> str:
+    """``tiny`` is the script's own tiny model (``tiny-dit`` / ``tiny-sd``)."""
+    return TINY_PREFIX + own_tiny if model_path == TINY_MODEL else model_path
+
+
+def script_pipeline_class(model_path: str, own_tiny: str) -> str | None:
+    """``pipeline_class`` of a script's ``--model_path`` (``own_tiny``: what ``tiny`` means there)."""
+    return pipeline_class(_model_path(model_path, own_tiny))
+
+
+def check_text_to_image_flags(name: str | None, *, eta: float, negative_prompt: str) -> None:
+    """Refuse a family ``parallel_sd*.py`` does not run, or flags that do not apply to it (None: not known yet).
+
+    Raises:
+        UsageError: an unsupported class, ``--eta`` > 0 for a sampler without it, a negative prompt for Flux.
+    """
+    if name is None:
+        return
+    if name not in TEXT_TO_IMAGE:
+        hint = " (use parallel_dit.py for DiT)" if name == DIT else ""
+        raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; supported: "
+                         f"{', '.join(TEXT_TO_IMAGE)}")
+    if name != SD and eta != 0:
+        raise UsageError(f"--eta: only DDIM (Stable Diffusion 1.x/2.x) has eta; a {name} samples with "
+                         f"{SAMPLERS[name]}, which is deterministic: drop --eta (got {eta})")
+    if name == FLUX and negative_prompt.strip():
+        raise UsageError("--negative_prompt: not supported for a FluxPipeline (its guidance is embedded in the "
+                         "network, set by --cfg_scale); drop --negative_prompt")
+
+
+def check_dit_family(name: str | None) -> None:
+    """Refuse a model ``parallel_dit.py`` does not run (None: not known yet).
+
+    Raises:
+        UsageError: a pipeline other than a ``DiTPipeline``.
+    """
+    if name is not None and name != DIT:
+        hint = " (use parallel_sd.py for text-to-image pipelines)" if name in TEXT_TO_IMAGE else ""
+        raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; it runs a {DIT}")
+
+
+def _runner(model_path: str, pipe: Any, max_batch_size: int, **adapter_options: Any) -> Any:
+    from paratAA.pipelines.base import UnsupportedPipelineError
+    from paratAA.pipelines.runner import PipelineRunner
+
+    try:
+        return PipelineRunner(pipe, model_path, max_batch_size=max_batch_size,
+                              call_arguments=TINY_CALL_ARGUMENTS.get(model_path), **adapter_options)
+    except UnsupportedPipelineError as error:  # e.g. an SDXL directory shipping a scheduler that is not supported
+        raise ModelLoadError(f"model_path: {error}") from error
+
+
+def load_text_to_image(model_path: str, device: Any = "cpu", fp16: bool = False, *, eta: float = 0.0,
+                       negative_prompt: str = "", max_batch_size: int = 64) -> Any:
+    """Load ``model_path`` as ``parallel_sd*.py``'s runner, after checking the flags that depend on its family.
+
+    Args:
+        model_path: ``tiny`` / ``tiny-sdxl`` / ``tiny-sd3`` / ``tiny-flux``, a hub id or a local
+            diffusers pipeline directory.
+        device, fp16, max_batch_size: where and how the network runs.
+        eta, negative_prompt: the script's flags, checked against the family.
+
+    Returns:
+        A ``PipelineRunner``.
+
+    Raises:
+        ModelLoadError: the location cannot be loaded; UsageError: a flag that does not apply.
+    """
+    path = _model_path(model_path, "sd")
+
+    def check(name: str) -> None:
+        check_text_to_image_flags(name, eta=eta, negative_prompt=negative_prompt)
+
+    pipe = load_pipeline(path, device, fp16, check=check)
+    return _runner(path, pipe, max_batch_size)
+
+
+def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", fp16: bool = False, *,
+             guidance: str = "all", max_batch_size: int = 64) -> Any:
+    """Load ``model_path`` as ``parallel_dit.py``'s runner (``tiny``, ``digits``, a hub id, a pipeline or
+    transformer directory, an original ``.pt`` checkpoint; see ``paratAA.pipelines.loading``).
+
+    Args:
+        model_path, vae_path: the model and, optionally, the VAE replacing its own.
+        device, fp16, max_batch_size: where and how the network runs.
+        guidance: DiT's guidance rule (``"all"``, ``"original"``; ``paratAA.pipelines.DiTAdapter``).
+
+    Returns:
+        A ``PipelineRunner``.
+
+    Raises:
+        ModelLoadError: the location cannot be loaded; UsageError: not a DiT.
+    """
+    path = _model_path(model_path, "dit")
+    pipe = load_pipeline(path, device, fp16, vae_path=vae_path, check=check_dit_family)
+    return _runner(path, pipe, max_batch_size, guidance=guidance)
