@@ -58,7 +58,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
 
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.script_models import load_text_to_image
+    from paratAA.script_models import RUN_PREFIXES, load_text_to_image
     from paratAA.pipelines.runner import text_conditioning
     from paratAA.runs import RunFolder, print_report, run_solve, write_config
 
@@ -74,7 +74,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     def sequential_fn() -> torch.Tensor:
         return runner.sequential_reference(noise, conditioning, args.eta)
 
-    name = f"SD-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
+    name = (f"{RUN_PREFIXES[runner.pipeline_class]}-T{args.timesteps}-w{args.window_size}-o{args.order}"
+            f"-m{args.memory_size}-seed{args.seed}")
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd.py", vars(args), resolved_settings(runner, context, schedule, options),

@@ -74,7 +74,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
     from paratAA.cli import resolved_settings, solver_options, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.script_models import load_text_to_image
+    from paratAA.script_models import RUN_PREFIXES, load_text_to_image
     from paratAA.pipelines.runner import text_conditioning
     from paratAA.runs import RunFolder, run_solve, summary_lines, write_config
 
@@ -91,8 +91,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     options = solver_options(args)
     references = {}  # prompt -> the sequential sampler's latents, computed at most once
 
-    name = f"SD-winit-T{num_steps}-v{args.variation_steps}-w{args.window_size}-o{args.order}-m{args.memory_size}" \
-           f"-seed{args.seed}"
+    name = f"{RUN_PREFIXES[runner.pipeline_class]}-winit-T{num_steps}-v{args.variation_steps}-w{args.window_size}" \
+           f"-o{args.order}-m{args.memory_size}-seed{args.seed}"
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd_winit.py", vars(args),

@@ -21,12 +21,14 @@ from paratAA.pipelines.defaults import TINY_PREFIX
 from paratAA.pipelines.loading import DIT, FLUX, SD, SD3, SDXL, load_pipeline, pipeline_class
 from paratAA.pipelines.locations import ModelLoadError
 
-__all__ = ["MODEL_HELP", "TEXT_TO_IMAGE", "check_dit_family", "check_text_to_image_flags", "load_dit",
+__all__ = ["MODEL_HELP", "RUN_PREFIXES", "TEXT_TO_IMAGE", "check_dit_family", "check_text_to_image_flags", "load_dit",
            "load_text_to_image", "script_pipeline_class"]
 
 TEXT_TO_IMAGE = (SD, SDXL, SD3, FLUX)
 # The sampler each text-to-image family runs with here (for messages).
 SAMPLERS = {SD: "DDIM", SDXL: "Euler (EulerDiscreteScheduler)", SD3: "flow-matching Euler", FLUX: "flow-matching Euler"}
+# Run folders start with the family's short name.
+RUN_PREFIXES = {SD: "SD", SDXL: "SDXL", SD3: "SD3", FLUX: "Flux", DIT: "DiT"}
 # Call arguments of the tiny pipelines: Flux's default image size is 1024 pixels and its T5 reads 512
 # tokens; the tiny one is 16x16 with 16 tokens.
 TINY_CALL_ARGUMENTS = {"tiny-flux": dict(height=16, width=16, max_sequence_length=16)}

@@ -31,6 +31,21 @@ def test_loads_offline_as_a_pixel_space_pipeline_directory(digits):
     assert images[0].mode == "L" and images[0].size == (16, 16) and np.asarray(images[0]).max() == 0
 
 
+def test_guidance_uses_the_models_own_null_class(digits):
+    """DiTPipeline writes the null class as label 1000; this model's null class is 10 (its label dropout)."""
+    x = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    steps, samples = torch.tensor([0, 10, 20]), torch.tensor([0, 1, 0])
+    out = digits.eps_fn(class_conditioning([3, 7], 2.5))(x, steps, samples)
+    t = digits.schedule.timesteps[steps]
+
+    def direct(labels):
+        with torch.no_grad():
+            return digits.pipe.transformer(x.float(), timestep=t, class_labels=torch.tensor(labels)).sample.double()
+
+    cond, uncond = direct([3, 7, 3]), direct([10, 10, 10])
+    torch.testing.assert_close(out, uncond + 2.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
+
+
 def test_converged_solve_equals_sequential_and_diffusers_step_loop(digits):
     schedule = digits.make_schedule(25, 0.0)
     conditioning = class_conditioning([3, 7], 3.0)  # guided: DiTPipeline's null label 1000 becomes class 10

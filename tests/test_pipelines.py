@@ -237,3 +237,17 @@ def test_prepare_gives_the_solve_inputs_and_the_pipelines_decoder(kind):
     reference = pipe(**kwargs, generator=_generator()).images  # the pipeline is intact afterwards
     np.testing.assert_allclose(images, reference, atol=1e-4)
     assert isinstance(prepared.decode(result.samples, output_type="pil")[0], PIL.Image.Image)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl", "sd3", "dit"])
+def test_a_prepared_eps_fn_keeps_its_own_guidance_scale(kind):
+    """Guidance comes from each prepared call's arguments, not from the pipeline's latest call."""
+    from paratAA.pipelines import prepare
+
+    pipe, kwargs = _prepared_case(kind)
+    kwargs.update(num_inference_steps=STEPS, guidance_scale=2.0)
+    first = prepare(pipe, **kwargs, generator=_generator())
+    rows = (first.noise[:, -1], torch.tensor([STEPS - 1, 0]), torch.tensor([0, 1]))
+    before = first.eps_fn(*rows)
+    prepare(pipe, **{**kwargs, "guidance_scale": 7.0}, generator=_generator())  # the pipeline runs again
+    torch.testing.assert_close(first.eps_fn(*rows), before, rtol=0, atol=0)

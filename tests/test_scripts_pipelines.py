@@ -45,6 +45,7 @@ def test_parallel_sd_runs_the_new_families(model, tmp_path, capsys, single_threa
     _check(summary, 2)
     assert (run / "sample_1" / "final.png").exists() and (run / "sample_0" / "step_1.png").exists()
     assert json.loads((run / "config.json").read_text())["resolved"]["model_id"] == model
+    assert run.name.startswith({"tiny-sd3": "SD3-T", "tiny-flux": "Flux-T", "tiny-sdxl": "SDXL-T"}[model])
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,15 @@ def test_a_pipeline_the_script_does_not_run_is_named(tiny_dit_dir, tmp_path, cap
     status, _, err = _run(parallel_sd, ["--model_path", tiny_dit_dir], tmp_path, capsys)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "DiTPipeline" in lines[0] and "parallel_dit.py" in lines[0]
+
+
+def test_parallel_dit_names_a_text_to_image_pipeline(tiny_sd_dir, tmp_path, capsys) -> None:
+    import parallel_dit
+
+    status, _, err = _run(parallel_dit, ["--model_path", tiny_sd_dir], tmp_path, capsys)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and "StableDiffusionPipeline" in lines[0] and "parallel_sd.py" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_a_hub_id_that_is_not_available_is_one_line(tmp_path, capsys) -> None:

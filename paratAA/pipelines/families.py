@@ -49,8 +49,10 @@ class StableDiffusionAdapter(PipelineAdapter):
         if len(parts) == 1:
             return parts[0]
         uncond, text = parts
-        guided = _guided(uncond, text, self.pipe.guidance_scale)
-        rescale = getattr(self.pipe, "guidance_rescale", 0.0)
+        # The call's own arguments, not the pipeline's attributes: those are the latest call's, and a
+        # prepared eps_fn may run after the pipeline has been called again.
+        guided = _guided(uncond, text, arguments["guidance_scale"])
+        rescale = arguments.get("guidance_rescale") or 0.0
         if rescale > 0:
             from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
@@ -103,7 +105,7 @@ class SD3Adapter(PipelineAdapter):
         if len(parts) == 1:
             return parts[0]
         uncond, text = parts
-        return _guided(uncond, text, self.pipe.guidance_scale)
+        return _guided(uncond, text, arguments["guidance_scale"])
 
     def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
         vae = self.pipe.vae
