@@ -86,11 +86,11 @@ def speedup_vs_window(rows: list[dict[str, Any]], gpu: dict[str, Any] | None, pa
     fig, ax = plt.subplots(figsize=(5, 3.2))
     if gpu:
         for result in gpu["results"]:
-            for sampler in ("ddim", "ddpm"):
-                points = [(w["window"], w[f"{sampler}_speedup"]) for w in result["windows"] if f"{sampler}_speedup" in w]
-                if points:
-                    ax.plot(*zip(*sorted(points)), marker="o", label=f"{result['config']} {sampler.upper()}")
-        ax.set(ylabel="implied wall-clock speed-up (1 GPU)")
+            for scenario in sorted({w["scenario"] for w in result["windows"] if "default" in w}):
+                points = [(w["window"], w["default"]["speedup"]) for w in result["windows"]
+                          if w["scenario"] == scenario and "default" in w]
+                ax.plot(*zip(*sorted(points)), marker="o", label=f"{result['config']} {scenario}")
+        ax.set(ylabel=f"implied speed-up at max diff {gpu['accuracy']:g} (1 GPU)")
     else:
         for key in sorted({(r["sampler"], r["num_steps"]) for r in rows if r["problem"] == "gmm"}):
             best = {}

@@ -57,15 +57,40 @@ def test_targets_bookkeeping():
     assert not check["taa_lt_fpplus_lt_fp"] and not check["ddim100_gmm_le_7_iters"]
 
 
+def _accuracy_file(path, problem, iterations):
+    """A benchmarks/accuracy.py JSON with one flow-matching row: ``iterations`` per method at 1e-3."""
+    methods = {name: {"best": {"0.001": {"iterations": n}}} for name, n in iterations.items()}
+    group = dict(problem=problem, scenario="fm-28", sampler="flow", num_steps=28, eta=0.0, window=28, methods=methods)
+    path.write_text(json.dumps({"groups": [group]}))
+    return path
+
+
+def test_gpu_timing_counts_iterations_at_matched_accuracy(tmp_path):
+    first = _accuracy_file(tmp_path / "a.json", "gmm cfg 1", {"default": 7, "ParaDiGMS": 9})
+    rerun = _accuracy_file(tmp_path / "b.json", "gmm cfg 1", {"default": 4})  # a later run of the same row
+    other = _accuracy_file(tmp_path / "c.json", "gmm cfg 3", {"default": 5, "ParaDiGMS": 8})
+    counts = gpu_timing.matched_iteration_counts([first, rerun, other, tmp_path / "missing.json"], 1e-3)
+    row = counts[("flow", "fm-28", 28, 28)]
+    assert row["default"] == {"iterations": 5, "problems": ["gmm cfg 1", "gmm cfg 3"]}  # the rerun's 4, then the max
+    assert row["ParaDiGMS"]["iterations"] == 9
+    assert gpu_timing.matched_iteration_counts([first], 1e-2) == {}
+
+
 def test_gpu_timing_tiny_cpu_smoke(tmp_path):
-    report = gpu_timing.main(["--device", "cpu", "--tiny", "--models", "dit", "--windows", "1,3",
-                              "--steps", "6", "--repeats", "1", "--compare_json", str(tmp_path / "none.json"),
-                              "--out_dir", str(tmp_path)])
+    counts = _accuracy_file(tmp_path / "accuracy.json", "gmm", {"default": 4, "ParaDiGMS": 9})
+    report = gpu_timing.main(["--device", "cpu", "--tiny", "--models", "dit,flux", "--steps", "28", "--repeats", "1",
+                              "--accuracy_json", str(counts), "--out_dir", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_timing.json").read_text())
     assert saved["smoke_run"] and saved["results"][0]["latent"] == [4, 8, 8]
-    windows = saved["results"][0]["windows"]
-    assert [w["window"] for w in windows] == [1, 3]
-    assert all(w["network_seconds"] > 0 and w["solver_seconds"] > 0 for w in windows)
+    dit, flux = saved["results"]
+    assert [w["window"] for w in dit["windows"]] == [1]  # no DDIM rows counted: the reference window only
+    assert [(w["window"], w["scenario"]) for w in flux["windows"]] == [(1, None), (28, "fm-28")]
+    row = flux["windows"][1]
+    assert row["network_seconds"] > 0 and row["solver_seconds"] > 0
+    assert row["default"]["iterations"] == 4 and row["ParaDiGMS"]["iterations"] == 9
+    expected = 28 * flux["sequential_step_seconds"] / (4 * (row["network_seconds"] + row["solver_seconds"]))
+    assert abs(row["default"]["speedup"] - expected) < 1e-9 * expected
+    assert flux["guidance_rows"] == 1 and dit["guidance_rows"] == 2  # Flux-dev's guidance is embedded
     assert report["results"][0]["sequential_step_seconds"] > 0
 
 

@@ -188,7 +188,16 @@ def _load_pipeline_directory(cls: Any, name: str, location: str, where: str, dty
     if "safety_checker" in cls._get_signature_keys(cls)[0]:
         # Images are decoded by the adapters, which never call it: not loaded.
         absent.update(safety_checker=None, requires_safety_checker=False)
-    return load_pretrained(cls, location, where, "model_path", name, torch_dtype=dtype, **absent)
+    from diffusers.utils import logging as diffusers_logging
+
+    # No "Loading pipeline components" bar opening every run; the caller's setting is restored.
+    bars_were_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return load_pretrained(cls, location, where, "model_path", name, torch_dtype=dtype, **absent)
+    finally:
+        if bars_were_on:
+            diffusers_logging.enable_progress_bar()
 
 
 def _load_vae(vae_path: str, dtype: Any) -> Any:
