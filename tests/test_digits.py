@@ -79,3 +79,12 @@ def test_samples_are_recognisable_digits_of_the_requested_class(digits):
     predicted = _digit_classifier().predict(features)
     agreement = float(np.mean(predicted == np.array(labels)))
     assert agreement >= 0.8, f"only {agreement:.0%} of the samples were classified as requested: {predicted}"
+
+
+def test_without_the_checkout_the_short_name_says_where_the_model_lives(monkeypatch, tmp_path):
+    from paratAA.pipelines import loading
+    from paratAA.pipelines.locations import ModelLoadError
+
+    monkeypatch.setattr(loading, "digits_dir", lambda: tmp_path / "models" / "digits")
+    with pytest.raises(ModelLoadError, match="models/digits.*run from a checkout or pass that directory's path"):
+        loading.pipeline_class("digits")

@@ -64,7 +64,13 @@ def _local_kind(location: str) -> str:
 
 
 def _location(model_path: str) -> tuple[str, str]:
-    return resolve_location(str(digits_dir()) if model_path == DIGITS_MODEL else model_path, "model_path")
+    if model_path != DIGITS_MODEL:
+        return resolve_location(model_path, "model_path")
+    if not digits_dir().is_dir():
+        raise ModelLoadError(f"model_path: '{DIGITS_MODEL}' is the trained model in the repository's models/digits, "
+                             f"not found at {digits_dir()} (an installed copy of paratAA does not ship it): run from "
+                             "a checkout or pass that directory's path")
+    return resolve_location(str(digits_dir()), "model_path")
 
 
 def pipeline_class(model_path: str) -> str | None:

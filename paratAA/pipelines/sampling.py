@@ -83,7 +83,8 @@ def sample(pipe: Any, *, window_size: int | None = None, order: int | None = Non
         window_size, order, memory_size, tol1, tol2, max_iters, map_form: ``paratAA.solve``'s
             options; None takes the library's recommended value.
         callback: called with every ``paratAA.IterationRecord`` as the solve goes.
-        max_batch_size: most rows per network forward pass (guidance copies included); default 64.
+        max_batch_size: most rows per network forward pass (guidance copies included); default 64
+            (with ``adapter``: the adapter's own).
         accelerator: an ``accelerate.Accelerator`` to split each iteration's network rows across
             its processes (``paratAA.distributed``). Every process calls ``sample`` with the same
             arguments (the same generator seeds) and gets the same result.
