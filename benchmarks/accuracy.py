@@ -53,10 +53,12 @@ STOP_BELOW = 3e-5  # a sweep stops once a run is this close to the sequential sa
 SOLVE_TOLERANCES = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
 STRIDE_TOLERANCES = (0.5, 0.2, 0.1, 0.05, 0.02, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
 # Scenarios: name -> (sampler, T, eta). "ddim" builds a DDIMScheduler (eta may be 1), "ddpm" a DDPMScheduler,
-# "flow" SD3's FlowMatchEulerDiscreteScheduler (shift 3; the gmm problem only: its exact rectified-flow velocity).
+# "flow" SD3's FlowMatchEulerDiscreteScheduler (shift 3; the gmm problem only: its exact rectified-flow velocity),
+# "dpm" DPMSolverMultistepScheduler (DPM-Solver++ 2M, multistep) over the problem's configuration.
 SCENARIOS = {"ddim-25": ("ddim", 25, 0.0), "ddim-50": ("ddim", 50, 0.0), "ddim-100": ("ddim", 100, 0.0),
              "eta1-100": ("ddim", 100, 1.0), "ddpm-1000": ("ddpm", 1000, 1.0),
-             "fm-28": ("flow", 28, 0.0), "fm-50": ("flow", 50, 0.0)}
+             "fm-28": ("flow", 28, 0.0), "fm-50": ("flow", 50, 0.0), "dpm-20": ("dpm", 20, 0.0),
+             "dpm-25": ("dpm", 25, 0.0)}
 FLOW_PROBLEMS = ("gmm",)
 FULL_SCENARIOS = ("ddim-25", "ddim-50", "ddim-100", "eta1-100")
 QUICK_SCENARIOS = ("ddim-25", "eta1-100")

@@ -84,10 +84,13 @@ class Problem:
 
 
 def _ordinary_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
-    from diffusers import DDIMScheduler, DDPMScheduler
+    """DDIM (``"ddim"``), DDPM (``"ddpm"``) or DPM-Solver++ 2M (``"dpm"``) over ``config``, set to ``num_steps``."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-    scheduler = cls.from_config(config, clip_sample=False)
+    if sampler == "dpm":
+        scheduler = DPMSolverMultistepScheduler.from_config(config)
+    else:
+        scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config, clip_sample=False)
     scheduler.set_timesteps(num_steps)
     return scheduler
 

@@ -83,11 +83,12 @@ class ModelSpec:
     """A timed model: its name in tables, the samplers whose iteration counts apply, rows per sample."""
 
     label: str
-    samplers: tuple[str, ...]  # the accuracy sweeps' sampler names: "ddim", "ddpm", "flow"
+    samplers: tuple[str, ...]  # the accuracy sweeps' sampler names: "ddim", "ddpm", "dpm", "flow"
     guidance_rows: int  # network rows per sample and step: 2 with classifier-free guidance, 1 for Flux-dev
 
 
-MODELS = {"dit": ModelSpec("DiT-XL/2", ("ddim", "ddpm"), 2), "sd": ModelSpec("SD 1.5 UNet", ("ddim", "ddpm"), 2),
+MODELS = {"dit": ModelSpec("DiT-XL/2", ("ddim", "ddpm", "dpm"), 2),
+          "sd": ModelSpec("SD 1.5 UNet", ("ddim", "ddpm", "dpm"), 2),
           "sd3": ModelSpec("SD3-medium transformer 1024px", ("flow",), 2),
           "flux": ModelSpec("FLUX.1-dev transformer 1024px", ("flow",), 1)}
 

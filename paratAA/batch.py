@@ -6,7 +6,7 @@ rule, a *strategy* (``SampleStrategy``: ParaTAA's ``paratAA.solver``, the Picard
 
 1. gathers every unfinished sample's window rows (``network_inputs``) into one batch,
 2. calls the network once on it (the only place the network is called; timed),
-3. scatters the outputs back, each sample updating its own window (``update``),
+3. scatters the outputs back, each sample updating its own window (``receive``, then ``update``),
 4. and makes an ``IterationRecord``.
 
 Index convention as in ``paratAA.schedule``: trajectory ``x[0..T]``, ``x[T]`` the noise, step ``i``
@@ -105,6 +105,12 @@ class SampleStrategy:
     ``(T+1, *latent)`` state), its noise ``z``, the schedule, the ``SlidingWindow`` and the
     counters. Subclasses implement ``update`` (and may extend ``_joined``, e.g. to reset a history).
 
+    A multistep sampler (``schedule.is_multistep``: step ``p`` also reads ``out_{p+1}``) keeps every
+    step's latest network output; the step just above the window, ``hi`` (final), is evaluated
+    with the window while its output is unknown (once after a warm start; after that, it was
+    evaluated when it was in the window). ``step_offsets`` then includes the multistep terms, so
+    the strategies' maps and residuals hold for both kinds of sampler.
+
     Steps joining the window start from the lowest initialised latent ``x[f]``,
     ``f = window.initialized_from``, by one of two rules (``init``):
 
@@ -135,12 +141,32 @@ class SampleStrategy:
         self.window = SlidingWindow(window_size, frontier, initialized_from)
         self.iterations = 0
         self.evaluations = 0
+        num_steps = schedule.num_steps
+        # Multistep samplers: every step's latest output, and whether it has one yet.
+        self._outputs = torch.zeros_like(x[:num_steps]) if schedule.is_multistep else None
+        self._has_output = torch.zeros(num_steps, dtype=torch.bool) if schedule.is_multistep else None
         self._join(range(*self.window.bounds))
 
     def network_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x[lo+1..hi], steps lo..hi-1)``: the rows this sample needs evaluated."""
+        """``(x[lo+1..hi], steps lo..hi-1)``: the rows this sample needs evaluated (a multistep
+        sampler's also ``(x[hi+1], hi)`` while step ``hi``'s output is unknown)."""
         lo, hi = self.window.bounds
-        return self.x[lo + 1:hi + 1], torch.arange(lo, hi, device=self.x.device)
+        top = hi + 1 if self._needs_top_output() else hi
+        return self.x[lo + 1:top + 1], torch.arange(lo, top, device=self.x.device)
+
+    def _needs_top_output(self) -> bool:
+        _, hi = self.window.bounds
+        return self._outputs is not None and hi < self.schedule.num_steps and not bool(self._has_output[hi])
+
+    def receive(self, out: torch.Tensor) -> float:
+        """Take the outputs for ``network_inputs()`` and ``update`` the window; return the max residual."""
+        lo, hi = self.window.bounds
+        if self._outputs is not None:
+            self._outputs[lo:lo + out.shape[0]] = out
+            self._has_output[lo:lo + out.shape[0]] = True
+            self.evaluations += out.shape[0] - (hi - lo)  # the step above the window, when evaluated
+            out = out[:hi - lo]
+        return self.update(out)
 
     def estimate(self) -> torch.Tensor:
         """The current estimate of ``x[0]``: the lowest initialised latent."""
@@ -158,9 +184,17 @@ class SampleStrategy:
         raise NotImplementedError
 
     def step_offsets(self, out: torch.Tensor) -> torch.Tensor:
-        """``g[p] = b[p] out_p + c[p] z[p]`` of the window steps (``paratAA.equations``)."""
+        """``g[p] = b[p] out_p + c[p] z[p]`` of the window steps (``paratAA.equations``); a multistep
+        sampler's adds ``a2[p] x[p+2] + b2[p] out_{p+1}`` (the outputs kept by ``receive``)."""
         lo, hi = self.window.bounds
-        return step_offset(self.schedule.b[lo:hi], self.schedule.c[lo:hi], out, self.z[lo:hi])
+        s = self.schedule
+        g = step_offset(s.b[lo:hi], s.c[lo:hi], out, self.z[lo:hi])
+        if self._outputs is not None:
+            top = min(hi, s.num_steps - 1)  # step T-1 has no multistep term (a2 = b2 = 0 there)
+            if top > lo:
+                g[:top - lo] += step_offset(s.a2[lo:top], s.b2[lo:top], self.x[lo + 2:top + 2],
+                                            self._outputs[lo + 1:top + 1])
+        return g
 
     def remember_denoised(self, out: torch.Tensor) -> None:
         """Keep the predicted sample of the window's lowest step (call before the window's x changes)."""
@@ -190,12 +224,17 @@ class SampleStrategy:
         self._joined(steps)
 
     def _denoised_chain(self, start: int, top: int) -> None:
-        """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed."""
+        """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed
+        (a multistep sampler's previous output too: the one predicting the same sample from ``x[j+2]``)."""
         s = self.schedule
         p, q = self._denoising
+        held = lambda j: (self._denoised - p[j] * self.x[j + 1]) / q[j]  # noqa: E731
+        out_next = held(top) if s.is_multistep and top < s.num_steps else None
         for j in range(top - 1, start - 1, -1):
-            out = (self._denoised - p[j] * self.x[j + 1]) / q[j]
-            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j])
+            out = held(j)
+            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j], self.x[j + 2] if out_next is not None else None,
+                               out_next)
+            out_next = out
 
     def _joined(self, steps: range) -> None:
         """Hook for subclasses: ``steps`` just joined the window."""
@@ -278,7 +317,7 @@ class BatchSolver:
         out = checked_output(out, x, iteration=len(self.records) + 1)
         residuals: list[float | None] = [None] * len(self._samples)
         for k, chunk in zip(active, out.split([len(s) for s in steps])):
-            residuals[k] = self._samples[k].update(chunk)
+            residuals[k] = self._samples[k].receive(chunk)
         self._check_finite(active, windows, residuals)
         x0 = torch.stack([sample.estimate() for sample in self._samples])
         synchronize(device)

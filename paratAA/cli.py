@@ -431,7 +431,8 @@ def start(args: argparse.Namespace, device: torch.device, load: Callable[[torch.
     Args:
         args: validated arguments (``add_common_args`` flags).
         device: ``validate_common``'s device.
-        load: loads the model onto a device as a ``paratAA.pipelines.runner.PipelineRunner`` (``paratAA.script_models``).
+        load: loads the model onto a device as a ``paratAA.pipelines.runner.PipelineRunner``
+            (``paratAA.script_models``).
         load_error: the loader's exception for a bad model location (``paratAA.pipelines.locations.ModelLoadError``).
         kept_trajectories: see ``check_memory``.
 

@@ -7,9 +7,12 @@ evaluated at ``x[p+1]`` and ``g[p] = b[p] * out_p + c[p] * z[p]``. Then
     first order:  F_i(X)   = a[i] x[i+1] + g[i]
     order K:      F^K_i(X) = A(i, u-1) x[u] + sum_{p=i}^{u-1} A(i, p-1) g[p],   u = min(i + K, hi)
 
-with ``A(i, j) = a[i] a[i+1] ... a[j]`` (``A(i, i-1) = 1``). The order-K map unrolls the recurrence
-K steps: it has the same fixed point (the sequential trajectory) and propagates a correction K
-steps per iteration instead of one. ``K >= hi - lo`` anchors every unknown on ``x[hi]``.
+with ``A(i, j) = a[i] a[i+1] ... a[j]`` (``A(i, i-1) = 1``). A multistep sampler's ``g[p]`` also holds
+``a2[p] x[p+2] + b2[p] out_{p+1}`` (``paratAA.schedule``; ``SampleStrategy.step_offsets``): every map
+below takes ``g`` as given, so each form keeps its fixed point, the sampler's trajectory.
+
+The order-K map unrolls the recurrence K steps: it has the same fixed point (the sequential
+trajectory) and propagates a correction K steps per iteration instead of one. ``K >= hi - lo`` anchors every unknown on ``x[hi]``.
 
 That is the paper's ("affine") form: it composes the linear part ``a`` exactly but holds the
 network term at the old iterate. ``increment_map`` is the other natural form with the same fixed

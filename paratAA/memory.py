@@ -3,7 +3,8 @@
 A parallel solve holds, in float64 (8 bytes per latent entry), per sample:
 
 - the noise and the trajectory: ``2 (T+1)`` latents (the noise ``(B, T+1, *latent)`` is the
-  caller's, the trajectory the solver's; a warm start keeps one more trajectory);
+  caller's, the trajectory the solver's; a warm start keeps one more trajectory, and so does a
+  multistep sampler's store of every step's network output, ``T`` latents);
 - the Triangular Anderson history, with ``memory_size = m >= 2``: per window step the ``m - 1``
   differences of iterates and of residuals plus the previous iterate and residual, ``2 m`` latents
   (none with ``m = 1``);
@@ -134,10 +135,13 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, culprits: Mapping
                      f"the {format_bytes(capacity)} of memory of this {device.type} device: lower it")
 
 
-def check_solve_fits(noise: torch.Tensor, window_size: int, memory_size: int, warm_start: bool) -> None:
-    """``check_fits`` for the arguments of ``paratAA.solve`` (validated), before it allocates anything."""
+def check_solve_fits(noise: torch.Tensor, window_size: int, memory_size: int, warm_start: bool,
+                     multistep: bool = False) -> None:
+    """``check_fits`` for the arguments of ``paratAA.solve`` (validated), before it allocates anything
+    (``multistep``: the schedule's, whose outputs are kept: counted as one more trajectory)."""
     estimate = estimate_solver_memory(noise.shape[0], noise.shape[1] - 1, math.prod(noise.shape[2:]),
-                                      int(window_size), int(memory_size), kept_trajectories=int(warm_start))
+                                      int(window_size), int(memory_size),
+                                      kept_trajectories=int(warm_start) + int(multistep))
     check_fits(estimate, noise.device, {"trajectories": f"noise of shape {tuple(noise.shape)}",
                                         "history": f"memory_size={memory_size}",
                                         "window": f"window_size={window_size}"})

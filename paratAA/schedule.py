@@ -26,6 +26,16 @@ scheduler's noise levels ``s = scheduler_sigmas[i]`` (of ``x[i+1]``) and ``s'`` 
   ``a = 1, b = s' - s``; for v_prediction ``a = 1 + (s' - s) s / (s^2 + 1)``,
   ``b = (s' - s) / sqrt(s^2 + 1)``.
 
+Multistep DPM-Solver++ (``DPMSolverMultistepScheduler``, second order, the "DPM++ 2M" of SD
+front ends) is affine too, but step ``i`` also reads the previous step's data prediction, made
+from ``x[i+2]`` and ``out_{i+1}``: the recurrence gains two terms,
+
+    x[i] = a[i] x[i+1] + b[i] out_i + c[i] z[i] + a2[i] x[i+2] + b2[i] out_{i+1}
+
+still triangular (step ``i`` reads only noisier unknowns) with one network call per step, so the
+same solvers apply (``a2``, ``b2`` are None for one-step samplers; zero at the first-order steps:
+the first one, and the last with ``final_sigmas_type="zero"``).
+
 Their ``alphas_cumprod`` and ``sigma`` are those of the equivalent variance-preserving process
 (``x = scale * x_vp``; flow matching: ``abar = (1-s)^2 / ((1-s)^2 + s^2)``, Euler:
 ``abar = 1 / (1 + s^2)``), ``sigma`` expressed in the sampler's own units, so ``tol2`` means
@@ -49,6 +59,7 @@ __all__ = ["Schedule", "ScheduleError"]
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _FLOW_MATCH, _EULER = "FlowMatchEulerDiscreteScheduler", "EulerDiscreteScheduler"
 _SIGMA_SCHEDULERS = (_FLOW_MATCH, _EULER)  # schedulers that keep ``sigmas`` and a step counter
+_DPM_MULTISTEP = "DPMSolverMultistepScheduler"
 # DDPM variance rules whose noise is a fixed, input-independent standard deviation.
 _DDPM_FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
 
@@ -75,6 +86,8 @@ class Schedule:
             ``scheduler.sigmas`` of ``x[i+1]``, the input of step ``i``; None for DDIM/DDPM.
         input_scale: float64 ``(T,)``: the network's input at step ``i`` is
             ``input_scale[i] * x[i+1]`` (``scheduler.scale_model_input``; Euler); None means 1.
+        a2, b2: float64 ``(T,)``: a multistep sampler's terms ``a2[i] x[i+2] + b2[i] out_{i+1}``
+            (zero at ``i = T - 1``); None for one-step samplers.
     """
 
     a: torch.Tensor
@@ -87,11 +100,18 @@ class Schedule:
     eta: float = 0.0
     scheduler_sigmas: torch.Tensor | None = None
     input_scale: torch.Tensor | None = None
+    a2: torch.Tensor | None = None
+    b2: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:
         """T, the number of sampling steps."""
         return int(self.a.shape[0])
+
+    @property
+    def is_multistep(self) -> bool:
+        """Whether step ``i`` also reads ``x[i+2]`` and ``out_{i+1}`` (``a2``, ``b2``)."""
+        return self.a2 is not None
 
     @property
     def device(self) -> torch.device:
@@ -102,7 +122,8 @@ class Schedule:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, a=move(self.a), b=move(self.b), c=move(self.c), sigma=move(self.sigma),
                        timesteps=move(self.timesteps), alphas_cumprod=move(self.alphas_cumprod),
-                       scheduler_sigmas=move(self.scheduler_sigmas), input_scale=move(self.input_scale))
+                       scheduler_sigmas=move(self.scheduler_sigmas), input_scale=move(self.input_scale),
+                       a2=move(self.a2), b2=move(self.b2))
 
     def denoised_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(p, q)``, float64 ``(T,)``: step ``i``'s prediction of the sample is ``p[i] x[i+1] + q[i] out_i``.
@@ -115,9 +136,14 @@ class Schedule:
         (x0_x, x0_out), _ = _as_x_and_out(self.alphas_cumprod, self.prediction_type)
         return x0_x, x0_out
 
-    def step(self, i: int, x_next: torch.Tensor, out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """One sequential step: ``x[i]`` from ``x[i+1]``, the network output and the noise ``z[i]``."""
-        return self.a[i] * x_next + self.b[i] * out + self.c[i] * z
+    def step(self, i: int, x_next: torch.Tensor, out: torch.Tensor, z: torch.Tensor,
+             x_next2: torch.Tensor | None = None, out_next: torch.Tensor | None = None) -> torch.Tensor:
+        """One sequential step: ``x[i]`` from ``x[i+1]``, the network output and the noise ``z[i]``
+        (a multistep sampler's also from ``x[i+2]`` and ``out_{i+1}``; unused where ``i = T - 1``)."""
+        x = self.a[i] * x_next + self.b[i] * out + self.c[i] * z
+        if self.is_multistep and i + 1 < self.num_steps:
+            x = x + self.a2[i] * x_next2 + self.b2[i] * out_next
+        return x
 
     @classmethod
     def from_scheduler(cls, scheduler: Any, eta: float = 0.0, *, verify: bool = True,
@@ -154,10 +180,12 @@ class Schedule:
         kind = type(scheduler).__name__
         if kind in _SIGMA_SCHEDULERS:
             return _from_sigma_scheduler(cls, scheduler, eta, verify, s_churn)
+        if kind == _DPM_MULTISTEP:
+            return _from_dpm_solver(cls, scheduler, eta, verify)
         if kind not in ("DDIMScheduler", "DDPMScheduler"):
             raise ScheduleError(
                 f"scheduler: {kind} is not supported; use a DDIMScheduler, DDPMScheduler, "
-                "EulerDiscreteScheduler or FlowMatchEulerDiscreteScheduler "
+                "EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler or DPMSolverMultistepScheduler "
                 "(e.g. DDIMScheduler.from_config(pipe.scheduler.config))")
         _check_affine_config(scheduler)
         if getattr(scheduler, "num_inference_steps", None) is None:
@@ -345,7 +373,7 @@ def _from_sigma_scheduler(cls: type, scheduler: Any, eta: float, verify: bool, s
                  alphas_cumprod=abar, prediction_type=prediction_type, eta=0.0, scheduler_sigmas=s,
                  input_scale=input_scale)
     if verify:
-        _verify_sigma_scheduler(result, scheduler)
+        _verify_step_loop(result, scheduler)
     return result
 
 
@@ -364,29 +392,111 @@ def _flow_scale(s: torch.Tensor) -> torch.Tensor:
     return ((1 - s) ** 2 + s**2).sqrt()
 
 
-def _verify_sigma_scheduler(schedule: Schedule, scheduler: Any) -> None:
-    """Run the scheduler's own step loop (on a copy: ``step`` advances a counter) against the formula."""
+def _verify_step_loop(schedule: Schedule, scheduler: Any) -> None:
+    """Run the scheduler's own step loop against the recurrence, on a copy reset to its first step
+    (Euler, flow matching and DPM-Solver keep a step counter; DPM-Solver also a history of outputs)."""
     import copy
 
     loop = copy.deepcopy(scheduler)
-    loop._step_index = None  # diffusers' step counter: start from the first timestep (noqa: SLF001)
+    loop._step_index = None  # noqa: SLF001  (diffusers' step counter: start from the first timestep)
     if hasattr(loop, "set_begin_index"):
         loop.set_begin_index(0)
+    if hasattr(loop, "model_outputs"):  # DPM-Solver's history of data predictions
+        loop.lower_order_nums = 0
+        loop.model_outputs = [None] * loop.config.solver_order
     gen = torch.Generator().manual_seed(0)
     shape = (2, 3)
     worst = 0.0
     num_steps = schedule.num_steps
+    x_prev = out_prev = torch.zeros(shape, dtype=torch.float64)  # step i + 1's input and output
     for k, t in enumerate(loop.timesteps):
         i = num_steps - 1 - k
         x, out = (torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(2))
-        scaled = loop.scale_model_input(x, t) if hasattr(loop, "scale_model_input") else x
         if schedule.input_scale is not None:
-            expected_input = schedule.input_scale[i] * x
-            worst = max(worst, float((scaled.to(torch.float64) - expected_input).abs().max()))
+            scaled = loop.scale_model_input(x, t).to(torch.float64)
+            worst = max(worst, float((scaled - schedule.input_scale[i] * x).abs().max()))
         got = loop.step(out, t, x).prev_sample.to(torch.float64)
-        expected = schedule.step(i, x, out, torch.zeros_like(x))
+        expected = schedule.step(i, x, out, torch.zeros_like(x), x_prev, out_prev)
         worst = max(worst, float(((got - expected).abs() / (1 + expected.abs())).max()))
+        x_prev, out_prev = x, out
     if not worst <= 1e-4:  # step() works in float32
         raise ScheduleError(
             f"scheduler: its step() differs from the affine coefficients by {worst:.2e}; "
             "this configuration is not supported")
+
+
+# ------------------------------------------------------------------------------------ DPM-Solver++
+def _from_dpm_solver(cls: type, scheduler: Any, eta: float, verify: bool) -> Schedule:
+    """``Schedule.from_scheduler`` for ``DPMSolverMultistepScheduler`` (DPM-Solver++, order 1 or 2).
+
+    With ``lambda = log(alpha / sigma)`` of the variance-preserving noise levels, step ``k`` of the
+    scheduler (our step ``i = T - 1 - k``) from ``s0 = sigmas[k]`` to ``t = sigmas[k+1]``,
+    ``h = lambda_t - lambda_s0``, data predictions ``D_i = p x[i+1] + q out_i``:
+
+        first order:  x[i] = (sigma_t / sigma_s0) x[i+1] + E D_i,      E = alpha_t (1 - exp(-h))
+        2M midpoint:  ... + (E / 2) (D_i - D_{i+1}) / r,                r = h_prev / h
+        2M heun:      ... + G (D_i - D_{i+1}) / r,                      G = alpha_t ((exp(-h) - 1) / h + 1)
+
+    with ``h_prev = lambda_s0 - lambda_s1`` of the previous step (diffusers' ``D1``).
+    """
+    config = scheduler.config
+    if getattr(scheduler, "num_inference_steps", None) is None:
+        raise ScheduleError("scheduler: call scheduler.set_timesteps(T) before Schedule.from_scheduler")
+    if eta != 0:
+        raise ScheduleError(f"eta: {_DPM_MULTISTEP} with algorithm_type='dpmsolver++' is deterministic, "
+                            f"eta must be 0 (got {eta!r})")
+    unsupported = [
+        (config.algorithm_type != "dpmsolver++",
+         f"algorithm_type={config.algorithm_type!r} (the SDE variants draw noise inside step(); use 'dpmsolver++')"),
+        (config.solver_order not in (1, 2), f"solver_order={config.solver_order} (use 1 or 2: DPM++ 2M)"),
+        (config.solver_type not in ("midpoint", "heun"), f"solver_type={config.solver_type!r}"),
+        (bool(getattr(config, "thresholding", False)), "thresholding=True (dynamic thresholding is not affine)"),
+        # step() keeps only 3 channels of a learned-variance output; any other value is ignored there.
+        (getattr(config, "variance_type", None) in ("learned", "learned_range"),
+         f"variance_type={getattr(config, 'variance_type', None)!r} (split the learned variance off first)"),
+        (bool(getattr(config, "use_flow_sigmas", False)), "use_flow_sigmas=True"),
+        (config.prediction_type not in _PREDICTION_TYPES, f"prediction_type={config.prediction_type!r}"),
+    ]
+    for refused, setting in unsupported:
+        if refused:
+            raise ScheduleError(f"scheduler: {_DPM_MULTISTEP} with {setting} is not supported")
+    num_steps = len(scheduler.timesteps)
+    sigmas = scheduler.sigmas.detach().cpu().to(torch.float64)  # T + 1 VE noise levels, noisiest first
+    if sigmas.shape[0] != num_steps + 1:
+        raise ScheduleError(f"scheduler: {num_steps} timesteps but {sigmas.shape[0]} sigmas (expected T + 1)")
+    alpha = 1 / (sigmas**2 + 1).sqrt()
+    noise = sigmas * alpha
+    # lambda = log(alpha / sigma) = -log(s) of the VE level s; +inf at s = 0 (the last step's target)
+    lam = torch.where(sigmas > 0, -sigmas.clamp(min=1e-300).log(), torch.full_like(sigmas, math.inf))
+    abar = alpha**2
+    (p, q), _ = _as_x_and_out(abar[:-1], config.prediction_type)  # D_k = p x + q out at sigmas[k]
+    keep, d0, d1 = (torch.zeros(num_steps, dtype=torch.float64) for _ in range(3))  # per scheduler step k
+    for k in range(num_steps):
+        h = lam[k + 1] - lam[k]
+        decay = torch.exp(-h)
+        keep[k] = noise[k + 1] / noise[k]
+        e = alpha[k + 1] * (1 - decay)
+        last = k == num_steps - 1 and (config.euler_at_final or (config.lower_order_final and num_steps < 15)
+                                       or config.final_sigmas_type == "zero")
+        if config.solver_order == 1 or k == 0 or last:
+            d0[k] = e
+            continue
+        r = (lam[k] - lam[k - 1]) / h
+        if config.solver_type == "midpoint":
+            weight = e / 2
+        else:
+            weight = alpha[k + 1] * ((decay - 1) / h + 1)
+        d0[k], d1[k] = e + weight / r, -weight / r
+    # Scheduler step k is our step i = T-1-k; its previous data prediction is our step i + 1's.
+    flip = lambda t: t.flip(0)  # noqa: E731
+    a, b = flip(keep + d0 * p), flip(d0 * q)
+    p_prev, q_prev = torch.cat([torch.zeros(1, dtype=torch.float64), p[:-1]]), torch.cat(
+        [torch.zeros(1, dtype=torch.float64), q[:-1]])
+    a2, b2 = flip(d1 * p_prev), flip(d1 * q_prev)
+    abar_step, abar_next = flip(abar[:-1]), flip(abar[1:])
+    sigma = _posterior_variance(abar_step, torch.maximum(abar_next, abar_step)).clamp(min=0).sqrt()
+    result = cls(a=a, b=b, c=torch.zeros_like(a), sigma=sigma, timesteps=scheduler.timesteps.detach().cpu().flip(0),
+                 alphas_cumprod=abar_step, prediction_type=config.prediction_type, eta=0.0, a2=a2, b2=b2)
+    if verify:
+        _verify_step_loop(result, scheduler)
+    return result

@@ -131,7 +131,8 @@ class Solver(BatchSolver):
         settings = _settings(schedule.num_steps, window_size, order, memory_size, tol1, tol2, anderson_lambda,
                              reanchor, map_form, init)
         _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps)
-        check_solve_fits(noise, settings.window_size, settings.memory_size, warm_start=init_trajectory is not None)
+        check_solve_fits(noise, settings.window_size, settings.memory_size, warm_start=init_trajectory is not None,
+                         multistep=schedule.is_multistep)
         num_steps = schedule.num_steps
         schedule = schedule.to(noise.device)
         noise = noise.to(torch.float64)
@@ -224,10 +225,13 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
     x = torch.empty_like(noise)
     x[:, num_steps] = noise[:, num_steps]
     samples = torch.arange(batch, device=noise.device)
+    out_next = None  # step i + 1's output: a multistep sampler's step i reads it
     for i in reversed(range(num_steps)):
         inputs = x[:, i + 1].clone()
         out = checked_output(eps_fn(inputs, torch.full_like(samples, i), samples), inputs, iteration=num_steps - i)
-        x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i])
+        x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i], x[:, i + 2] if out_next is not None else None,
+                                out_next)
+        out_next = out
     return x
 
 

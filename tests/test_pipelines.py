@@ -107,6 +107,30 @@ def test_dit_class_labels_with_guidance():
     assert parallel.result.samples.shape == (2, 4, 8, 8)
 
 
+# ------------------------------------------------------------------ DPM-Solver++ 2M (multistep)
+@pytest.mark.parametrize("kind, extra", [
+    ("sd", dict(prompt=["a red cube", "the dog"], guidance_scale=4.0)),
+    ("sd-v", dict(prompt=["a red cube"], guidance_scale=4.0)),
+    ("sdxl", dict(**tiny_embeddings("sdxl", 2), guidance_scale=5.0)),
+    ("dit", dict(class_labels=[1, 7], guidance_scale=4.0)),
+])
+def test_dpm_solver_multistep_equals_the_pipeline(kind, extra):
+    """DPM++ 2M (SD front ends' default sampler): step i also reads step i+1's data prediction."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = tiny_pipeline(kind.removesuffix("-v"))
+    prediction = dict(prediction_type="v_prediction") if kind == "sd-v" else {}
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, **prediction)
+    kwargs = dict(**extra, num_inference_steps=STEPS)
+    output = "np" if kind == "dit" else "latent"  # DiTPipeline returns images only
+    reference, parallel = _both(pipe, **kwargs, output_type=output)
+    if kind == "dit":
+        np.testing.assert_allclose(parallel.images, reference.images, atol=1e-4)
+    else:
+        _assert_same_latents(reference, parallel, num_samples=len(reference.images))
+    assert parallel.result.converged and parallel.result.iterations <= STEPS
+
+
 # ---------------------------------------------------------------------------- stochastic samplers
 @pytest.mark.parametrize("scheduler, extra", [(DDPMScheduler, {}), (DDIMScheduler, dict(eta=0.7))], ids=["ddpm", "ddim-eta"])
 def test_stochastic_noise_is_drawn_from_the_pipelines_generator(scheduler, extra):

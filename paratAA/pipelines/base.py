@@ -46,7 +46,8 @@ from paratAA.schedule import Schedule
 __all__ = ["MISSING", "NetworkCall", "PipelineAdapter", "UnsupportedPipelineError", "SUPPORTED_SCHEDULERS", "delegate",
            "restore", "solver_options"]
 
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")
+SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
+                        "DPMSolverMultistepScheduler")
 DEFAULT_MAX_BATCH_SIZE = 64
 
 

@@ -33,7 +33,7 @@ class StableDiffusionAdapter(PipelineAdapter):
     """
 
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-    schedulers = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler")
+    schedulers = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
     suggested_scheduler = {"StableDiffusionPipeline": "DDIMScheduler", "StableDiffusionXLPipeline": "EulerDiscreteScheduler"}
     denoiser = "unet"
     latent_argument = "sample"
@@ -168,7 +168,7 @@ class DiTAdapter(PipelineAdapter):
     """
 
     pipeline_classes = ("DiTPipeline",)
-    schedulers = ("DDIMScheduler", "DDPMScheduler")
+    schedulers = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler")
     suggested_scheduler = {"DiTPipeline": "DDIMScheduler"}
     denoiser = "transformer"
     latent_argument = "hidden_states"

@@ -1,0 +1,124 @@
+"""DPM-Solver++ 2M (``DPMSolverMultistepScheduler``): a multistep sampler as the same triangular system.
+
+Step i reads x[i+1], out_i and, through the previous data prediction, x[i+2] and out_{i+1}. The
+outside oracle is diffusers' own step loop on the analytic Gaussian mixture's exact denoiser.
+"""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from paratAA import Schedule, ScheduleError, sample_noise, sequential, solve
+from paratAA.analytic import gaussian_mixture_problem
+from paratAA.paradigms import solve_paradigms
+from paratAA.parasolver import solve_parasolver
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+LATENT = (4, 8, 8)
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def _scheduler(num_steps: int, **config) -> DPMSolverMultistepScheduler:
+    scheduler = DPMSolverMultistepScheduler(**{**SD_BETAS, **config})
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def _problem(num_steps: int, **config):
+    schedule = Schedule.from_scheduler(_scheduler(num_steps, **config))
+    eps_fn = gaussian_mixture_problem(LATENT, num_components=4, seed=0).eps_fn(schedule)  # exact, in its prediction type
+    return schedule, eps_fn, sample_noise(0, 2, num_steps, LATENT)
+
+
+def _diffusers_loop(eps_fn, noise, num_steps: int, **config) -> torch.Tensor:
+    scheduler = _scheduler(num_steps, **config)
+    x, samples = noise[:, num_steps].clone(), torch.arange(noise.shape[0])
+    for k, t in enumerate(scheduler.timesteps):
+        out = eps_fn(x, torch.full_like(samples, num_steps - 1 - k), samples)
+        x = scheduler.step(out, t, x).prev_sample.to(torch.float64)
+    return x
+
+
+CONFIGS = [dict(), dict(solver_type="heun"), dict(use_karras_sigmas=True), dict(final_sigmas_type="sigma_min"),
+           dict(timestep_spacing="trailing"), dict(solver_order=1)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("num_steps", [7, 20])
+def test_sequential_reproduces_diffusers_step_loop(config, num_steps):
+    schedule, eps_fn, noise = _problem(num_steps, **config)
+    assert schedule.is_multistep and float(schedule.a2[-1]) == float(schedule.b2[-1]) == 0
+    ours = sequential(eps_fn, schedule, noise)[:, 0]
+    theirs = _diffusers_loop(eps_fn, noise, num_steps, **config)
+    assert float((ours - theirs).abs().max()) < 1e-5 * (1 + float(theirs.abs().max()))  # step() is float32
+    second_order = float(schedule.b2.abs().max()) > 0
+    assert second_order == (config.get("solver_order", 2) == 2)  # the multistep terms are really there
+
+
+def test_the_multistep_terms_matter():
+    schedule, eps_fn, noise = _problem(20)
+    one_step = Schedule(**{**schedule.__dict__, "a2": None, "b2": None})
+    apart = sequential(eps_fn, schedule, noise)[:, 0] - sequential(eps_fn, one_step, noise)[:, 0]
+    assert float(apart.abs().max()) > 1e-3
+
+
+METHODS = {"FP": dict(order=1, memory_size=1), "FP+": dict(memory_size=1), "paper": dict(map_form="affine", init="copy"),
+           "increment": dict(map_form="increment"), "default": {}, "window 6": dict(window_size=6),
+           "memory 3": dict(memory_size=3)}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_converges_to_the_sequential_sample(method):
+    schedule, eps_fn, noise = _problem(20)
+    reference = sequential(eps_fn, schedule, noise)
+    exact = solve(eps_fn, schedule, noise, tol1=0.0, tol2=0.0, **METHODS[method])
+    assert exact.iterations <= 20 and float((exact.samples - reference[:, 0]).abs().max()) < 1e-10
+    early = solve(eps_fn, schedule, noise, tol1=1e-5, tol2=1e-5, **METHODS[method])
+    assert float((early.samples - reference[:, 0]).abs().max()) < 1e-3
+    if method not in ("FP", "paper"):  # the order-K equations propagate across several steps
+        assert early.iterations < 20
+
+
+def test_picard_baselines_and_prediction_types_converge():
+    for config in (dict(), dict(prediction_type="v_prediction")):
+        schedule, eps_fn, noise = _problem(15, **config)
+        reference = sequential(eps_fn, schedule, noise)[:, 0]
+        for result in (solve_paradigms(eps_fn, schedule, noise, window_size=15, tolerance=1e-9),
+                       solve_parasolver(eps_fn, schedule, noise, window_size=8, tolerance=1e-9),
+                       solve(eps_fn, schedule, noise, tol1=0.0, tol2=0.0)):
+            assert float((result.samples - reference).abs().max()) < 1e-9
+
+
+def test_warm_start_evaluates_the_step_above_its_frontier_once():
+    schedule, eps_fn, noise = _problem(20)
+    reference = sequential(eps_fn, schedule, noise)
+    calls = []
+
+    def counting(x, steps, samples):
+        calls.append(steps.clone())
+        return eps_fn(x, steps, samples)
+
+    # Started on the exact trajectory above step 10: step 9 needs step 10's output, made from x[11].
+    result = solve(counting, schedule, noise, tol1=0.0, tol2=0.0, init_trajectory=reference, variation_steps=10)
+    assert float((result.samples - reference[:, 0]).abs().max()) < 1e-10
+    assert int((calls[0] == 10).sum()) == 2 and all(int((c == 10).sum()) == 0 for c in calls[1:])
+    assert result.evaluations == sum(len(c) for c in calls)
+
+
+def test_unsupported_settings_are_refused_by_name():
+    with pytest.raises(ScheduleError, match="algorithm_type='sde-dpmsolver\\+\\+'"):
+        Schedule.from_scheduler(_scheduler(10, algorithm_type="sde-dpmsolver++"))
+    with pytest.raises(ScheduleError, match="solver_order=3"):
+        Schedule.from_scheduler(_scheduler(10, solver_order=3))
+    with pytest.raises(ScheduleError, match="thresholding"):
+        Schedule.from_scheduler(_scheduler(10, thresholding=True))
+    with pytest.raises(ScheduleError, match="eta"):
+        Schedule.from_scheduler(_scheduler(10), eta=0.5)
+    assert not Schedule.from_scheduler(_ddim(10)).is_multistep
+
+
+def _ddim(num_steps):
+    scheduler = DDIMScheduler(**SD_BETAS, clip_sample=False)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
