@@ -98,7 +98,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
     import torch
 
-    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.cli import resolved_settings, sampler_tag, solver_options, start
     from paratAA.distributed import shard_eps_fn
     from paratAA.pipelines.runner import class_conditioning
     from paratAA.runs import RunFolder, print_report, run_solve, write_config
@@ -106,7 +106,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
 
     context, runner, schedule = start(
         args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, fp16=args.fp16,
-                                           guidance=args.guidance), ModelLoadError)
+                                           guidance=args.guidance, sampler=args.sampler), ModelLoadError)
     num_classes = runner.adapter.num_classes
     labels = resolve_labels(args.class_labels, args.num_samples, args.seed, num_classes)
     conditioning = class_conditioning(labels, args.cfg_scale)
@@ -117,7 +117,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     def sequential_fn() -> torch.Tensor:
         return runner.sequential_reference(noise, conditioning, args.eta, seed=args.seed)
 
-    name = f"DiT-T{args.timesteps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
+    name = (f"DiT{sampler_tag(args.sampler)}-T{args.timesteps}-w{args.window_size}-o{args.order}"
+            f"-m{args.memory_size}-seed{args.seed}")
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_dit.py", vars(args),

@@ -48,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         require_prompt("--prompt", args.prompt)
         with user_errors(ModelLoadError):
             family = script_pipeline_class(args.model_path, "sd")  # None for a hub id: checked once it loads
-        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
+        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt,
+                                  sampler=args.sampler)
     sample(args, device)
 
 
@@ -56,7 +57,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
     import torch
 
-    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.cli import resolved_settings, sampler_tag, solver_options, start
     from paratAA.distributed import shard_eps_fn
     from paratAA.script_models import RUN_PREFIXES, load_text_to_image
     from paratAA.pipelines.runner import text_conditioning
@@ -64,7 +65,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
 
     context, runner, schedule = start(
         args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
-                                                     negative_prompt=args.negative_prompt), ModelLoadError)
+                                                     negative_prompt=args.negative_prompt, sampler=args.sampler),
+        ModelLoadError)
     conditioning = text_conditioning([args.prompt] * args.num_samples, [args.negative_prompt] * args.num_samples,
                                      args.cfg_scale)
     noise = runner.sample_noise(args.seed, args.num_samples, args.timesteps, device=context.device)
@@ -74,8 +76,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     def sequential_fn() -> torch.Tensor:
         return runner.sequential_reference(noise, conditioning, args.eta)
 
-    name = (f"{RUN_PREFIXES[runner.pipeline_class]}-T{args.timesteps}-w{args.window_size}-o{args.order}"
-            f"-m{args.memory_size}-seed{args.seed}")
+    name = (f"{RUN_PREFIXES[runner.pipeline_class]}{sampler_tag(args.sampler)}-T{args.timesteps}"
+            f"-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}")
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd.py", vars(args), resolved_settings(runner, context, schedule, options),

@@ -66,13 +66,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                              f"(got {args.variation_steps})")
         with user_errors(ModelLoadError):
             family = script_pipeline_class(args.model_path, "sd")  # None for a hub id: checked once it loads
-        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt)
+        check_text_to_image_flags(family, eta=args.eta, negative_prompt=args.negative_prompt,
+                                  sampler=args.sampler)
     sample(args, device)
 
 
 def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
-    from paratAA.cli import resolved_settings, solver_options, start
+    from paratAA.cli import resolved_settings, sampler_tag, solver_options, start
     from paratAA.distributed import shard_eps_fn
     from paratAA.script_models import RUN_PREFIXES, load_text_to_image
     from paratAA.pipelines.runner import text_conditioning
@@ -81,7 +82,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     # Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
     context, runner, schedule = start(
         args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
-                                                     negative_prompt=args.negative_prompt), ModelLoadError,
+                                                     negative_prompt=args.negative_prompt, sampler=args.sampler),
+        ModelLoadError,
         kept_trajectories=1)
     count, num_steps = args.num_samples, args.timesteps
     conditioning = {prompt: text_conditioning([prompt] * count, [args.negative_prompt] * count, args.cfg_scale)
@@ -91,8 +93,8 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     options = solver_options(args)
     references = {}  # prompt -> the sequential sampler's latents, computed at most once
 
-    name = f"{RUN_PREFIXES[runner.pipeline_class]}-winit-T{num_steps}-v{args.variation_steps}-w{args.window_size}" \
-           f"-o{args.order}-m{args.memory_size}-seed{args.seed}"
+    name = f"{RUN_PREFIXES[runner.pipeline_class]}{sampler_tag(args.sampler)}-winit-T{num_steps}" \
+           f"-v{args.variation_steps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
     with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd_winit.py", vars(args),

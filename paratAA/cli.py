@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch is imported after parsing, so that --help and usage e
 USAGE_EXIT = 2
 RUNTIME_EXIT = 1
 SIGNAL_EXIT_BASE = 128  # a run stopped by signal N exits 128 + N (130 for SIGINT, 143 for SIGTERM)
+SAMPLER_CHOICES = ("ddim", "dpm++2m")  # --sampler (paratAA.pipelines.runner)
 TINY_MODEL = "tiny"  # --model_path value reserved for the tiny random-weight models (paratAA.pipelines.tiny)
 # parallel_sd.py / parallel_sd_winit.py also take tiny-sdxl, tiny-sd3, tiny-flux (paratAA.pipelines.tiny)
 
@@ -176,9 +177,13 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
     parser.epilog = MEMORY_NOTE if parser.epilog is None else parser.epilog
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--timesteps", type=int, default=defaults.timesteps,
-                          help="number of DDIM steps T; memory: 2 (T+1) latents per sample (default: %(default)s)")
+                          help="number of sampling steps T; memory: 2 (T+1) latents per sample (default: %(default)s)")
     sampling.add_argument("--cfg_scale", type=float, default=4.0,
                           help="classifier-free guidance scale (default: %(default)s)")
+    sampling.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
+                          help="'ddim' (the reference scripts') or 'dpm++2m' (DPM-Solver++ 2M, multistep), both "
+                               "built from the model's scheduler configuration (default: ddim for DiT and SD 1.x/2.x, "
+                               "the scheduler the pipeline ships for SDXL, SD3 and Flux)")
     sampling.add_argument("--eta", type=float, default=0.0,
                           help="DDIM eta in [0, 1]: 0 is the ODE sampler, 1 is DDPM (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=0,
@@ -261,6 +266,11 @@ def _require(condition: bool, message: str) -> None:
         raise UsageError(message)
 
 
+def sampler_tag(sampler: str | None) -> str:
+    """The run-folder name's mark of an explicit ``--sampler`` (``"-ddim"``, ``"-dpm2m"``), else empty."""
+    return "" if sampler is None else "-" + sampler.replace("++", "")
+
+
 def fit_default(args: argparse.Namespace, flag: str, value: Any) -> None:
     """Give ``--flag`` the value ``value`` when the user left it out (its parser default is None)."""
     if getattr(args, flag) is None:
@@ -302,6 +312,8 @@ def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> to
     _require(args.timesteps >= 1, f"--timesteps must be >= 1 (got {args.timesteps})")
     _require(math.isfinite(args.cfg_scale), f"--cfg_scale must be finite (got {args.cfg_scale})")
     _require(0.0 <= args.eta <= 1.0, f"--eta must be in [0, 1] (got {args.eta})")
+    _require(args.eta == 0 or args.sampler in (None, "ddim"),
+             f"--eta: {args.sampler} is deterministic; eta applies to --sampler ddim only (got {args.eta})")
     _require(args.num_samples >= 1, f"--num_samples must be >= 1 (got {args.num_samples})")
     fit_method_defaults(args, defaults)
     _require(args.window_size >= 1, f"--window_size must be >= 1 (got {args.window_size})")

@@ -47,11 +47,13 @@ def script_pipeline_class(model_path: str, own_tiny: str) -> str | None:
     return pipeline_class(_model_path(model_path, own_tiny))
 
 
-def check_text_to_image_flags(name: str | None, *, eta: float, negative_prompt: str) -> None:
+def check_text_to_image_flags(name: str | None, *, eta: float, negative_prompt: str,
+                              sampler: str | None = None) -> None:
     """Refuse a family ``parallel_sd*.py`` does not run, or flags that do not apply to it (None: not known yet).
 
     Raises:
-        UsageError: an unsupported class, ``--eta`` > 0 for a sampler without it, a negative prompt for Flux.
+        UsageError: an unsupported class, ``--sampler`` for a flow-matching pipeline, ``--eta`` > 0 for a
+            sampler without it, a negative prompt for Flux.
     """
     if name is None:
         return
@@ -59,9 +61,14 @@ def check_text_to_image_flags(name: str | None, *, eta: float, negative_prompt: 
         hint = " (use parallel_dit.py for DiT)" if name == DIT else ""
         raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; supported: "
                          f"{', '.join(TEXT_TO_IMAGE)}")
-    if name != SD and eta != 0:
-        raise UsageError(f"--eta: only DDIM (Stable Diffusion 1.x/2.x) has eta; a {name} samples with "
-                         f"{SAMPLERS[name]}, which is deterministic: drop --eta (got {eta})")
+    if sampler is not None and name in (SD3, FLUX):
+        raise UsageError(f"--sampler: a {name} samples with {SAMPLERS[name]}, the scheduler it ships; "
+                         f"drop --sampler (got {sampler})")
+    ddim = sampler == "ddim" or (sampler is None and name == SD)
+    if not ddim and eta != 0:
+        used = sampler or SAMPLERS[name]
+        raise UsageError(f"--eta: only DDIM has eta; this {name} samples with {used}, which is deterministic: "
+                         f"drop --eta or use --sampler ddim (got {eta})")
     if name == FLUX and negative_prompt.strip():
         raise UsageError("--negative_prompt: not supported for a FluxPipeline (its guidance is embedded in the "
                          "network, set by --cfg_scale); drop --negative_prompt")
@@ -78,26 +85,27 @@ def check_dit_family(name: str | None) -> None:
         raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; it runs a {DIT}")
 
 
-def _runner(model_path: str, pipe: Any, max_batch_size: int, **adapter_options: Any) -> Any:
+def _runner(model_path: str, pipe: Any, max_batch_size: int, sampler: str | None, **adapter_options: Any) -> Any:
     from paratAA.pipelines.base import UnsupportedPipelineError
     from paratAA.pipelines.runner import PipelineRunner
 
     try:
-        return PipelineRunner(pipe, model_path, max_batch_size=max_batch_size,
+        return PipelineRunner(pipe, model_path, max_batch_size=max_batch_size, sampler=sampler,
                               call_arguments=TINY_CALL_ARGUMENTS.get(model_path), **adapter_options)
     except UnsupportedPipelineError as error:  # e.g. an SDXL directory shipping a scheduler that is not supported
         raise ModelLoadError(f"model_path: {error}") from error
 
 
 def load_text_to_image(model_path: str, device: Any = "cpu", fp16: bool = False, *, eta: float = 0.0,
-                       negative_prompt: str = "", max_batch_size: int = 64) -> Any:
+                       negative_prompt: str = "", sampler: str | None = None, max_batch_size: int = 64) -> Any:
     """Load ``model_path`` as ``parallel_sd*.py``'s runner, after checking the flags that depend on its family.
 
     Args:
         model_path: ``tiny`` / ``tiny-sdxl`` / ``tiny-sd3`` / ``tiny-flux``, a hub id or a local
             diffusers pipeline directory.
         device, fp16, max_batch_size: where and how the network runs.
-        eta, negative_prompt: the script's flags, checked against the family.
+        eta, negative_prompt, sampler: the script's flags, checked against the family (``sampler``:
+            ``paratAA.pipelines.runner.use_sampler``).
 
     Returns:
         A ``PipelineRunner``.
@@ -108,14 +116,14 @@ def load_text_to_image(model_path: str, device: Any = "cpu", fp16: bool = False,
     path = _model_path(model_path, "sd")
 
     def check(name: str) -> None:
-        check_text_to_image_flags(name, eta=eta, negative_prompt=negative_prompt)
+        check_text_to_image_flags(name, eta=eta, negative_prompt=negative_prompt, sampler=sampler)
 
     pipe = load_pipeline(path, device, fp16, check=check)
-    return _runner(path, pipe, max_batch_size)
+    return _runner(path, pipe, max_batch_size, sampler)
 
 
 def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", fp16: bool = False, *,
-             guidance: str = "all", max_batch_size: int = 64) -> Any:
+             guidance: str = "all", sampler: str | None = None, max_batch_size: int = 64) -> Any:
     """Load ``model_path`` as ``parallel_dit.py``'s runner (``tiny``, ``digits``, a hub id, a pipeline or
     transformer directory, an original ``.pt`` checkpoint; see ``paratAA.pipelines.loading``).
 
@@ -123,6 +131,7 @@ def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", 
         model_path, vae_path: the model and, optionally, the VAE replacing its own.
         device, fp16, max_batch_size: where and how the network runs.
         guidance: DiT's guidance rule (``"all"``, ``"original"``; ``paratAA.pipelines.DiTAdapter``).
+        sampler: ``"ddim"`` (None: the default) or ``"dpm++2m"`` (``paratAA.pipelines.runner.use_sampler``).
 
     Returns:
         A ``PipelineRunner``.
@@ -132,4 +141,4 @@ def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", 
     """
     path = _model_path(model_path, "dit")
     pipe = load_pipeline(path, device, fp16, vae_path=vae_path, check=check_dit_family)
-    return _runner(path, pipe, max_batch_size, guidance=guidance)
+    return _runner(path, pipe, max_batch_size, sampler, guidance=guidance)

@@ -88,3 +88,17 @@ def test_without_the_checkout_the_short_name_says_where_the_model_lives(monkeypa
     monkeypatch.setattr(loading, "digits_dir", lambda: tmp_path / "models" / "digits")
     with pytest.raises(ModelLoadError, match="models/digits.*run from a checkout or pass that directory's path"):
         loading.pipeline_class("digits")
+
+
+def test_dpm_solver_sampler_on_the_trained_model_matches_diffusers_step_loop():
+    """DPM++ 2M, 20 steps: converged parallel solve against diffusers' own DPMSolverMultistepScheduler loop."""
+    runner = load_dit("digits", device="cpu", sampler="dpm++2m")
+    assert type(runner.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    schedule = runner.make_schedule(20)
+    assert schedule.is_multistep
+    conditioning = class_conditioning([3, 7], 3.0)
+    noise = runner.sample_noise(0, 2, 20)
+    result = solve(runner.eps_fn(conditioning), schedule, noise)  # the recommended tolerances
+    oracle = runner.sequential_reference(noise, conditioning, 0.0, seed=0)  # no VAE: diffusers' step loop
+    assert result.converged and result.iterations <= 10
+    assert float((result.samples - oracle).abs().max()) < 2e-3

@@ -82,6 +82,8 @@ def test_winit_on_sd3(tmp_path, capsys, single_thread) -> None:
 
 FLAGS_THAT_DO_NOT_APPLY = [
     (parallel_sd, ["--model_path", "tiny-sd3", "--eta", "0.5"], "--eta"),
+    (parallel_sd, ["--model_path", "tiny-flux", "--sampler", "ddim"], "--sampler"),
+    (parallel_sd, ["--model_path", "tiny", "--sampler", "dpm++2m", "--eta", "0.5"], "--eta"),
     (parallel_sd, ["--model_path", "tiny-sdxl", "--eta", "1"], "--eta"),
     (parallel_sd, ["--model_path", "tiny-flux", "--negative_prompt", "a dog"], "--negative_prompt"),
     (parallel_sd_winit, ["--model_path", "tiny-flux", "--eta", "0.2"], "--eta"),
@@ -101,6 +103,18 @@ def test_a_pipeline_the_script_does_not_run_is_named(tiny_dit_dir, tmp_path, cap
     status, _, err = _run(parallel_sd, ["--model_path", tiny_dit_dir], tmp_path, capsys)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "DiTPipeline" in lines[0] and "parallel_dit.py" in lines[0]
+
+
+@pytest.mark.parametrize("script, argv, prefix", [
+    (parallel_sd, ["--model_path", "tiny", "--num_samples", "2", "--prompt", "a cat"], "SD-dpm2m-T"),
+    (parallel_sd, ["--model_path", "tiny-sdxl", "--num_samples", "1", "--prompt", "a cat"], "SDXL-dpm2m-T"),
+], ids=["sd", "sdxl"])
+def test_dpm_solver_sampler_matches_the_pipelines_own_loop(script, argv, prefix, tmp_path, capsys, single_thread):
+    status, run, err = _run(script, [*argv, "--sampler", "dpm++2m", "--check_sequential"], tmp_path, capsys)
+    assert status == 0, err
+    _check(json.loads((run / "summary.json").read_text()), int(argv[argv.index("--num_samples") + 1]))
+    assert run.name.startswith(prefix)
+    assert json.loads((run / "config.json").read_text())["args"]["sampler"] == "dpm++2m"
 
 
 def test_parallel_dit_names_a_text_to_image_pipeline(tiny_sd_dir, tmp_path, capsys) -> None:

@@ -7,11 +7,14 @@ from the pipeline through ``paratAA.pipelines.prepare`` and its family adapter, 
 serves ``sample(pipe, ...)``: prompt encoding, guidance as the pipeline does it, the network
 called in its dtype and in micro-batches, the scheduler's configuration, decoding.
 
-The sampler: SD 1.x/2.x and DiT sample with DDIM as the reference scripts do, built from the
-pipeline's scheduler configuration (SD: no clipping; DiT: DiT's respacing, ``defaults.DIT_DDIM``),
-so ``--eta`` applies; SDXL, SD3 and Flux keep the scheduler they ship (Euler, flow-matching Euler:
-deterministic). Conditioning is the pipeline call's own arguments, one entry per sample:
-``text_conditioning`` / ``class_conditioning`` build them.
+The sampler (``use_sampler``): SD 1.x/2.x and DiT sample with DDIM as the reference scripts do,
+built from the pipeline's scheduler configuration (SD: no clipping; DiT: DiT's respacing,
+``defaults.DIT_DDIM``), so ``--eta`` applies; SDXL, SD3 and Flux keep the scheduler they ship
+(Euler, flow-matching Euler: deterministic). ``sampler="ddim"`` or ``"dpm++2m"`` (DPM-Solver++ 2M)
+builds that one instead (not for the flow-matching pipelines).
+
+Conditioning is the pipeline call's own arguments, one entry per sample: ``text_conditioning`` /
+``class_conditioning`` build them.
 
 The sequential oracle (``sequential_reference``) is the pipeline's own ``__call__`` started from
 the same ``x[T]`` where it can be (deterministic sampling, float32, and the family adapter saying
@@ -37,11 +40,42 @@ from .defaults import DIT_DDIM
 from .base import MISSING, delegate, restore
 from .sampling import Prepared, adapter_for, prepare
 
-__all__ = ["PipelineRunner", "class_conditioning", "text_conditioning"]
+__all__ = ["SAMPLERS", "PipelineRunner", "class_conditioning", "text_conditioning", "use_sampler"]
 
-# Scheduler each pipeline class samples with here: DDIM over the pipeline's configuration (with these
-# overrides), or None for the pipeline's own.
-_DDIM_OVERRIDES = {"StableDiffusionPipeline": dict(clip_sample=False), "DiTPipeline": DIT_DDIM}
+# DDIM over a pipeline's scheduler configuration, with these overrides per pipeline class.
+_DDIM_OVERRIDES = {"StableDiffusionPipeline": dict(clip_sample=False), "DiTPipeline": DIT_DDIM,
+                   "StableDiffusionXLPipeline": dict(clip_sample=False)}
+SAMPLERS = ("ddim", "dpm++2m")  # what ``PipelineRunner(sampler=...)`` builds over the pipeline's configuration
+_OWN_SCHEDULER_ONLY = ("StableDiffusion3Pipeline", "FluxPipeline")  # flow matching: the shipped scheduler
+
+
+def use_sampler(pipe: Any, sampler: str | None) -> None:
+    """Give ``pipe`` the scheduler ``sampler`` names, built from its scheduler configuration.
+
+    ``"ddim"``: DDIM (SD: no clipping; DiT: DiT's respacing, ``defaults.DIT_DDIM``); ``"dpm++2m"``:
+    DPM-Solver++ 2M (``DPMSolverMultistepScheduler``); None: DDIM for SD 1.x/2.x and DiT, as the
+    reference scripts, the shipped scheduler otherwise.
+
+    Raises:
+        ValueError: an unknown sampler, or one a flow-matching pipeline (SD3, Flux) cannot take.
+    """
+    name = type(pipe).__name__
+    if sampler is None:
+        sampler = "ddim" if name in ("StableDiffusionPipeline", "DiTPipeline") else None
+    if sampler is None:
+        return
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS} or None, got {sampler!r}")
+    if name in _OWN_SCHEDULER_ONLY:
+        raise ValueError(f"sampler: a {name} samples with flow-matching Euler, the scheduler it ships; "
+                         f"{sampler} does not apply")
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    config = pipe.scheduler.config
+    if sampler == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(config, **_DDIM_OVERRIDES.get(name, {}))
+    else:
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
 
 def _scale(guidance_scale: float) -> float:
@@ -92,7 +126,7 @@ class PipelineRunner:
     """A diffusers pipeline as ``make_schedule``, ``sample_noise``, ``eps_fn``, ``decode`` and ``sequential_reference``.
 
     Attributes:
-        pipe: the pipeline (its scheduler replaced by DDIM for SD 1.x/2.x and DiT, see the module docstring).
+        pipe: the pipeline, its scheduler set by ``use_sampler`` (module docstring).
         adapter: its family adapter (``paratAA.pipelines.families``).
         model_id: what was loaded (``tiny-sd3``, a hub id or a path), for run records.
         pipeline_class: the pipeline's class name.
@@ -104,14 +138,10 @@ class PipelineRunner:
     """
 
     def __init__(self, pipe: Any, model_id: str, *, max_batch_size: int = 64,
-                 call_arguments: dict[str, Any] | None = None, **adapter_options: Any):
+                 call_arguments: dict[str, Any] | None = None, sampler: str | None = None, **adapter_options: Any):
         self.pipe, self.model_id = pipe, model_id
         self.pipeline_class = type(pipe).__name__
-        overrides = _DDIM_OVERRIDES.get(self.pipeline_class)
-        if overrides is not None:
-            from diffusers import DDIMScheduler
-
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+        use_sampler(pipe, sampler)
         self.adapter = adapter_for(pipe, max_batch_size, **adapter_options)
         self.device, self.dtype = self.adapter.module.device, self.adapter.module.dtype
         self.call_arguments = dict(call_arguments or {})
@@ -129,7 +159,8 @@ class PipelineRunner:
     def _prepare(self, conditioning: dict[str, Any], num_steps: int) -> Prepared:
         # The pipeline draws (unused) initial latents from this generator; the solve gets the caller's noise.
         return prepare(self.pipe, adapter=self.adapter, **self.call_arguments, **conditioning,
-                       num_inference_steps=num_steps, output_type="pil", generator=torch.Generator("cpu").manual_seed(0))
+                       num_inference_steps=num_steps, output_type="pil",
+                       generator=torch.Generator("cpu").manual_seed(0))
 
     def make_schedule(self, num_steps: int, eta: float = 0.0) -> Schedule:
         """The sampler's float64 schedule of ``num_steps`` steps; also remembered as ``self.schedule``.
