@@ -469,7 +469,8 @@ def start(args: argparse.Namespace, device: torch.device, load: Callable[[torch.
         adapter = load(context.device)
     with user_errors(ValueError, flag="--timesteps"):
         schedule = adapter.make_schedule(args.timesteps, args.eta)
-    check_memory(args, adapter.latent_shape, context.device, kept_trajectories)
+    # A multistep sampler keeps every step's output: one more trajectory's worth (paratAA.memory).
+    check_memory(args, adapter.latent_shape, context.device, kept_trajectories + int(schedule.is_multistep))
     return context, adapter, schedule
 
 
