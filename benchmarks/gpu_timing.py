@@ -208,20 +208,19 @@ def matched_iteration_counts(paths: list[Path], accuracy: float) -> dict[Row, di
 
 
 def model_rows(spec: ModelSpec, counts: dict[Row, dict[str, Any]], steps: list[int] | None,
-               windows: list[int] | None) -> list[tuple[int, int | None, str | None]]:
-    """The (window, T, scenario) rows timed: every counted row of the model's samplers (T in
+               windows: list[int] | None) -> list[tuple[int, int | None, Row | None]]:
+    """The (window, T, counted row) triples timed: every counted row of the model's samplers (T in
     ``--steps`` if given), plus window 1 for reference; with ``--windows``, those windows for each
-    ``--steps`` T (no counts). T and scenario are None where no count applies."""
+    ``--steps`` T (no counts). T and the row are None where no count applies."""
     if windows is not None:
         rows = [(w, t, None) for w in windows for t in (steps or [])]
         return rows or [(w, None, None) for w in windows]
-    counted = {(w, t, scenario) for (sampler, scenario, t, w) in counts
-               if sampler in spec.samplers and (not steps or t in steps)}
-    return sorted({(1, None, None), *counted}, key=lambda row: (row[0], row[1] or 0, row[2] or ""))
+    counted = {(row[3], row[2], row) for row in counts if row[0] in spec.samplers and (not steps or row[2] in steps)}
+    return sorted({(1, None, None), *counted}, key=lambda r: (r[0], r[1] or 0, r[2] or ()))
 
 
 def time_model(kind: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
-               counts: dict[tuple[str, int, int], dict[str, Any]]) -> dict[str, Any]:
+               counts: dict[Row, dict[str, Any]]) -> dict[str, Any]:
     """Sequential step, parallel iterations per window, solver overhead and implied speed-ups of one model."""
     from benchmarks.solver_overhead import measure
 
@@ -230,23 +229,26 @@ def time_model(kind: str, args: argparse.Namespace, device: torch.device, dtype:
     rows_per_sample = spec.guidance_rows * args.samples
     step = time_batch(forward, latent, rows_per_sample, device, dtype, args.repeats)
     network_seconds: dict[int, float] = {}
+    overheads: dict[tuple[int, int], dict[str, Any]] = {}  # per (T, window): rows of several scenarios share one
     entries = []
-    scenario_sampler = {scenario: sampler for (sampler, scenario, _, _) in counts}
-    for window, num_steps, scenario in model_rows(spec, counts, args.steps, args.windows):
+    for window, num_steps, row in model_rows(spec, counts, args.steps, args.windows):
         if window not in network_seconds:
             network_seconds[window] = time_batch(forward, latent, window * rows_per_sample, device, dtype, args.repeats)
             print(f"  {kind} W={window}: {network_seconds[window] * 1e3:.1f} ms/iteration "
                   f"({network_seconds[window] / step:.1f}x a step)", file=sys.stderr, flush=True)
         network = network_seconds[window]
-        entry: dict[str, Any] = dict(window=window, num_steps=num_steps, scenario=scenario, network_seconds=network,
-                                     iteration_over_step=network / step)
+        entry: dict[str, Any] = dict(window=window, num_steps=num_steps, scenario=row[1] if row else None,
+                                     network_seconds=network, iteration_over_step=network / step)
         if num_steps is not None and window <= num_steps:
-            overhead = measure(dict(latent=list(latent), num_steps=num_steps, window=window, memory=args.memory),
-                               iterations=4, device=device.type, batch=args.samples)
+            if (num_steps, window) not in overheads:
+                overheads[num_steps, window] = measure(
+                    dict(latent=list(latent), num_steps=num_steps, window=window, memory=args.memory),
+                    iterations=4, device=device.type, batch=args.samples)
+            overhead = overheads[num_steps, window]
             solver = overhead["solver_ms"] / 1e3
             entry.update(solver_seconds=solver, solver_fraction=solver / network,
                          peak_solver_mb=overhead.get("peak_cuda_mb", overhead.get("solve_rss_mb")))
-            found = counts.get((scenario_sampler.get(scenario), scenario, num_steps, window), {})
+            found = counts.get(row, {}) if row else {}
             for method, seconds in (("default", network + solver), ("ParaDiGMS", network)):
                 if method in found:
                     iterations = found[method]["iterations"]

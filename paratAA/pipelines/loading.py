@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .defaults import DEFAULT_DIT_VAE, DIGITS_MODEL, DIT_SCHEDULER_CONFIG, digits_dir, tiny_kind
@@ -73,6 +74,52 @@ def _location(model_path: str) -> tuple[str, str]:
     return resolve_location(str(digits_dir()), "model_path")
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where a non-tiny ``model_path`` points and what it holds.
+
+    Attributes:
+        where, location: ``resolve_location``'s answer (``"local"`` or ``"hub"``, the path or id).
+        layout: ``"pipeline"``, ``"transformer"`` (a DiT's ``config.json``) or ``"checkpoint"`` (a file).
+        name: the pipeline class; None for a hub id whose ``model_index.json`` was not fetched.
+        index: a pipeline's ``model_index.json`` (None until read, and for the DiT layouts).
+    """
+
+    where: str
+    location: str
+    layout: str
+    name: str | None
+    index: dict[str, Any] | None
+
+
+def _source(model_path: str, fetch_hub: bool) -> _Source:
+    """Classify ``model_path`` (not a tiny name), reading a pipeline's ``model_index.json`` once: from
+    disk, or for a hub id only when ``fetch_hub`` (diffusers' ``load_config``: offline mode and cache
+    honoured)."""
+    where, location = _location(model_path)
+    layout = _local_kind(location) if where == "local" else "pipeline"
+    if layout == "transformer":
+        name = _read_json(os.path.join(location, "config.json")).get("_class_name")
+        if name != _DIT_TRANSFORMER:
+            raise ModelLoadError(f"model_path: '{location}' is not a diffusers pipeline directory (no model_index.json) "
+                                 f"and its config.json is not a {_DIT_TRANSFORMER}'s (got {name!r})")
+    if layout != "pipeline":
+        return _Source(where, location, layout, DIT, None)
+    if where == "local":
+        index = _read_json(os.path.join(location, "model_index.json"))
+    elif fetch_hub:
+        from diffusers import DiffusionPipeline
+
+        index = load_pretrained(DiffusionPipeline, location, "hub", "model_path", "pipeline's model_index.json",
+                                method="load_config")
+    else:
+        return _Source(where, location, layout, None, None)
+    name = index.get("_class_name")
+    if not isinstance(name, str):
+        raise ModelLoadError(f"model_path: the model_index.json of '{location}' names no pipeline class (_class_name)")
+    return _Source(where, location, layout, name, dict(index))
+
+
 def pipeline_class(model_path: str) -> str | None:
     """The diffusers pipeline class ``model_path`` holds, without loading weights; None for a hub id.
 
@@ -81,36 +128,7 @@ def pipeline_class(model_path: str) -> str | None:
             transformer, or a ``model_index.json`` that names no class.
     """
     kind = tiny_kind(model_path)
-    if kind is not None:
-        return TINY_CLASSES[kind]
-    where, location = _location(model_path)
-    if where == "hub":
-        return None
-    local = _local_kind(location)
-    if local == "checkpoint":
-        return DIT
-    if local == "transformer":
-        name = _read_json(os.path.join(location, "config.json")).get("_class_name")
-        if name != _DIT_TRANSFORMER:
-            raise ModelLoadError(f"model_path: '{location}' is not a diffusers pipeline directory (no model_index.json) "
-                                 f"and its config.json is not a {_DIT_TRANSFORMER}'s (got {name!r})")
-        return DIT
-    name = _read_json(os.path.join(location, "model_index.json")).get("_class_name")
-    if not isinstance(name, str):
-        raise ModelLoadError(f"model_path: '{location}/model_index.json' names no pipeline class (_class_name)")
-    return name
-
-
-def _hub_pipeline_class(location: str) -> str:
-    """``_class_name`` of a hub id's ``model_index.json`` (``HF_HUB_OFFLINE`` and the local cache honoured)."""
-    from diffusers import DiffusionPipeline
-
-    config = load_pretrained(DiffusionPipeline, location, "hub", "model_path", "pipeline's model_index.json",
-                             method="load_config")
-    name = config.get("_class_name")
-    if not isinstance(name, str):
-        raise ModelLoadError(f"model_path: the model_index.json of '{location}' names no pipeline class")
-    return name
+    return TINY_CLASSES[kind] if kind is not None else _source(model_path, fetch_hub=False).name
 
 
 def place(module: Any, device: Any, dtype: Any) -> Any:
@@ -145,30 +163,27 @@ def load_pipeline(model_path: str, device: Any = "cpu", fp16: bool = False, *, v
     import torch
 
     quiet_library_notices()
-    name = pipeline_class(model_path)
-    if name is None:
-        name = _hub_pipeline_class(model_path)
+    kind = tiny_kind(model_path)
+    source = None if kind is not None else _source(model_path, fetch_hub=True)
+    name = TINY_CLASSES[kind] if source is None else source.name
     if check is not None:
         check(name)
     dtype = torch.float16 if fp16 else torch.float32
-    kind = tiny_kind(model_path)
-    if kind is not None:
+    if source is None:
         from .tiny import tiny_pipeline
 
         pipe = tiny_pipeline(kind)
     else:
-        where, location = _location(model_path)
-        local = _local_kind(location) if where == "local" else "pipeline"
-        if local == "pipeline":
-            pipe = _load_pipeline_directory(getattr(diffusers, name, None), name, location, where, dtype)
+        if source.layout == "pipeline":
+            pipe = _load_pipeline_directory(source, dtype)
         else:
-            if local == "checkpoint":
+            if source.layout == "checkpoint":
                 from .dit_checkpoint import load_dit_checkpoint
 
-                transformer = load_dit_checkpoint(location)
+                transformer = load_dit_checkpoint(source.location)
             else:
-                transformer = load_pretrained(diffusers.DiTTransformer2DModel, location, where, "model_path",
-                                              "DiT transformer", torch_dtype=dtype)
+                transformer = load_pretrained(diffusers.DiTTransformer2DModel, source.location, source.where,
+                                              "model_path", "DiT transformer", torch_dtype=dtype)
             pipe = diffusers.DiTPipeline(transformer=transformer, vae=_load_vae(vae_path or DEFAULT_DIT_VAE, dtype),
                                          scheduler=diffusers.DDIMScheduler(**DIT_SCHEDULER_CONFIG))
             vae_path = None  # used
@@ -182,11 +197,15 @@ def load_pipeline(model_path: str, device: Any = "cpu", fp16: bool = False, *, v
     return pipe
 
 
-def _load_pipeline_directory(cls: Any, name: str, location: str, where: str, dtype: Any) -> Any:
-    """``cls.from_pretrained`` of a pipeline directory or hub id, components it lists as absent passed as None."""
+def _load_pipeline_directory(source: _Source, dtype: Any) -> Any:
+    """``from_pretrained`` of a pipeline directory or hub id with the class its ``model_index.json``
+    names, the components it lists as absent passed as None."""
+    import diffusers
+
+    name, location, where, index = source.name, source.location, source.where, source.index
+    cls = getattr(diffusers, name, None)
     if cls is None:
         raise ModelLoadError(f"model_path: '{location}' holds a {name}, which this diffusers version does not have")
-    index = load_pretrained(cls, location, where, "model_path", "pipeline's model_index.json", method="load_config")
     # Components the pipeline holds none of (missing, or [null, null] in model_index.json) are passed as
     # None, which from_pretrained requires: a pixel-space DiT without VAE, an SD3 saved without its T5.
     absent = {component: None for component in cls._get_signature_keys(cls)[0]
