@@ -1,10 +1,10 @@
 """ParaTAA sampling of a class-conditional DiT (default ``facebook/DiT-XL-2-256``) with DDIM.
 
     python parallel_dit.py --model_path tiny --num_samples 2 --timesteps 20      # CPU, tiny random model
-    accelerate launch --num_processes 8 parallel_dit.py --max_steps 10 --fp16     # 8 GPUs
+    accelerate launch --num_processes 8 parallel_dit.py --max_steps 10 --dtype float16     # 8 GPUs
 
 Every process runs the same solver; each iteration's network calls are split across processes.
-Outputs go to a new folder under ``--output_path`` (see ``paratAA.runs``).
+Outputs go to a new folder under ``--output_path`` (see ``paratAA.cli.runs``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import sys
 from typing import TYPE_CHECKING, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
-from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, flag_checks, run_cli,
-                         user_errors, validate_common)
+from paratAA.cli.flags import OneLineErrorParser, ReferenceDefaults, add_common_args, validate_common
+from paratAA.cli.models import check_dit_family, script_pipeline_class
+from paratAA.cli.process import flag_checks, run_cli, user_errors
+from paratAA.errors import ModelLoadError, UsageError
 from paratAA.pipelines.defaults import DEFAULT_DIT, GUIDANCE_RULES
-from paratAA.pipelines.locations import ModelLoadError, resolve_location
-from paratAA.script_models import check_dit_family, script_pipeline_class
+from paratAA.pipelines.locations import resolve_location
 
 if TYPE_CHECKING:
     import torch
@@ -96,30 +97,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve, save (``args`` validated)."""
-    import torch
-
-    from paratAA.cli import resolved_settings, sampler_tag, solver_options, start
+    from paratAA.cli.models import load_dit
+    from paratAA.cli.runs import RunFolder, print_report, run_name, run_solve, write_config
+    from paratAA.cli.session import resolved_settings, start
     from paratAA.distributed import shard_eps_fn
     from paratAA.pipelines.runner import class_conditioning
-    from paratAA.runs import RunFolder, print_report, run_solve, write_config
-    from paratAA.script_models import load_dit
 
-    context, runner, schedule = start(
-        args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, fp16=args.fp16,
+    # 1. Join the processes, load the model, build the sampler's schedule and the solver's options.
+    context, runner, schedule, options = start(
+        args, device, lambda dev: load_dit(args.model_path, args.vae_path, device=dev, dtype=args.dtype,
                                            guidance=args.guidance, sampler=args.sampler), ModelLoadError)
+    # 2. What to sample: class labels, per-sample noise (identical on every process), the network.
     num_classes = runner.adapter.num_classes
     labels = resolve_labels(args.class_labels, args.num_samples, args.seed, num_classes)
     conditioning = class_conditioning(labels, args.cfg_scale)
     noise = runner.sample_noise(args.seed, len(labels), args.timesteps, device=context.device)
-    eps_fn = shard_eps_fn(runner.eps_fn(conditioning), context.accelerator)
-    options = solver_options(args)
+    eps_fn = shard_eps_fn(runner.eps_fn(conditioning), context.accelerator)  # rows split across processes
 
-    def sequential_fn() -> torch.Tensor:
+    def sequential_fn() -> torch.Tensor:  # --check_sequential: diffusers' own sampler from the same noise
         return runner.sequential_reference(noise, conditioning, args.eta, seed=args.seed)
 
-    name = (f"DiT{sampler_tag(args.sampler)}-T{args.timesteps}-w{args.window_size}-o{args.order}"
-            f"-m{args.memory_size}-seed{args.seed}")
-    with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
+    # 3. Solve on every process; the main one records into a new run folder and reports.
+    name = run_name("DiT", args.sampler, args.timesteps, options, args.seed)
+    with RunFolder(args.output_path if context.is_main else None, name,
+                   half_precision=args.dtype != "float32") as run:
         if run.path is not None:
             write_config(run.path, "parallel_dit.py", vars(args),
                          {**resolved_settings(runner, context, schedule, options), "num_samples": len(labels),

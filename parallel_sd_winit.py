@@ -20,11 +20,18 @@ import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 # Light imports only: --help and flag errors come before torch, diffusers and the models load (in sample()).
-from paratAA.cli import (OneLineErrorParser, ReferenceDefaults, UsageError, add_common_args, fit_default,
-                         flag_checks, require_prompt, run_cli, user_errors, validate_common)
+from paratAA.cli.flags import (
+    OneLineErrorParser,
+    ReferenceDefaults,
+    add_common_args,
+    fit_default,
+    require_prompt,
+    validate_common,
+)
+from paratAA.cli.models import MODEL_HELP, check_text_to_image_flags, script_pipeline_class
+from paratAA.cli.process import flag_checks, run_cli, user_errors
+from paratAA.errors import ModelLoadError, UsageError
 from paratAA.pipelines.defaults import DEFAULT_SD
-from paratAA.pipelines.locations import ModelLoadError
-from paratAA.script_models import MODEL_HELP, check_text_to_image_flags, script_pipeline_class
 
 if TYPE_CHECKING:
     import torch
@@ -73,15 +80,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def sample(args: argparse.Namespace, device: torch.device) -> None:
     """Load, solve prompt 1, warm-start prompt 2, optionally solve prompt 2 from scratch, save (``args`` validated)."""
-    from paratAA.cli import resolved_settings, sampler_tag, solver_options, start
+    from paratAA.cli.models import RUN_PREFIXES, load_text_to_image
+    from paratAA.cli.runs import RunFolder, run_name, run_solve, summary_lines, write_config
+    from paratAA.cli.session import resolved_settings, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.script_models import RUN_PREFIXES, load_text_to_image
     from paratAA.pipelines.runner import text_conditioning
-    from paratAA.runs import RunFolder, run_solve, summary_lines, write_config
 
-    # Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
-    context, runner, schedule = start(
-        args, device, lambda dev: load_text_to_image(args.model_path, dev, args.fp16, eta=args.eta,
+    # 1. Join the processes, load the pipeline, build the schedule and the solver's options.
+    #    Prompt 1's trajectory is kept while prompt 2 is solved: one more trajectory in memory.
+    context, runner, schedule, options = start(
+        args, device, lambda dev: load_text_to_image(args.model_path, dev, args.dtype, eta=args.eta,
                                                      negative_prompt=args.negative_prompt, sampler=args.sampler),
         ModelLoadError,
         kept_trajectories=1)
@@ -90,12 +98,13 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
                     for prompt in (args.prompt1, args.prompt2)}
     noise = runner.sample_noise(args.seed, count, num_steps, device=context.device)
     eps = {prompt: shard_eps_fn(runner.eps_fn(conditioning[prompt]), context.accelerator) for prompt in conditioning}
-    options = solver_options(args)
     references = {}  # prompt -> the sequential sampler's latents, computed at most once
 
-    name = f"{RUN_PREFIXES[runner.pipeline_class]}{sampler_tag(args.sampler)}-winit-T{num_steps}" \
-           f"-v{args.variation_steps}-w{args.window_size}-o{args.order}-m{args.memory_size}-seed{args.seed}"
-    with RunFolder(args.output_path if context.is_main else None, name, fp16=args.fp16) as run:
+    # 2. Three solves into subfolders of one run folder: prompt 1, prompt 2 warm-started, prompt 2 from scratch.
+    name = run_name(RUN_PREFIXES[runner.pipeline_class], args.sampler, num_steps, options, args.seed,
+                    variation_steps=args.variation_steps)
+    with RunFolder(args.output_path if context.is_main else None, name,
+                   half_precision=args.dtype != "float32") as run:
         if run.path is not None:
             write_config(run.path, "parallel_sd_winit.py", vars(args),
                          resolved_settings(runner, context, schedule, options), context.num_processes)

@@ -24,8 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import (DDIMParallelScheduler, DDIMScheduler, DDPMParallelScheduler, DDPMScheduler,
-                       StableDiffusionParadigmsPipeline)
+from diffusers import (
+    DDIMParallelScheduler,
+    DDIMScheduler,
+    DDPMParallelScheduler,
+    DDPMScheduler,
+    StableDiffusionParadigmsPipeline,
+)
 
 __all__ = ["DiffusersParadigmsRun", "SAMPLERS", "run_diffusers_paradigms", "scheduler_pair"]
 
@@ -84,7 +89,7 @@ def run_diffusers_paradigms(sd_pipe: Any, prompt: str, negative_prompt: str, cfg
     """Sample one image's latents with ``StableDiffusionParadigmsPipeline`` built from ``sd_pipe``'s components.
 
     Args:
-        sd_pipe: a float32 ``StableDiffusionPipeline`` (e.g. ``paratAA.script_models.load_text_to_image(...).pipe``).
+        sd_pipe: a float32 ``StableDiffusionPipeline`` (e.g. ``paratAA.cli.models.load_text_to_image(...).pipe``).
         prompt, negative_prompt: the texts (negative ``""`` is the pipeline's default).
         cfg_scale: guidance scale.
         sampler: ``"ddim"`` or ``"ddpm"`` (see ``scheduler_pair``).

@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "SD: ddim25,ddim50,ddim100)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {', '.join(ALL_METHODS)}")
     parser.add_argument("--window", type=int, default=0, help="window size (0: T)")
-    parser.add_argument("--order", type=int, default=0, help="order K of FP+/ParaTAA (0: DiT T, SD 20; capped at the window)")
+    parser.add_argument("--order", type=int, default=0,
+                        help="order K of FP+/ParaTAA (0: DiT T, SD 20; capped at the window)")
     parser.add_argument("--tol", type=float, default=1e-3, help="tol1 = tol2 of FP/FP+/ParaTAA")
     parser.add_argument("--paradigms_tol", type=float, default=0.1, help="ParaDiGMS tolerance (diffusers' default 0.1)")
     parser.add_argument("--cfg_scale", type=float, default=4.0, help="guidance scale (reference scripts: 4.0)")
@@ -330,13 +331,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     ctx = init_processes(torch.device(args.device))
-    from paratAA.script_models import load_dit, load_text_to_image
+    from paratAA.cli.models import load_dit, load_text_to_image
 
     args.max_network_batch = args.max_network_batch or (1024 if args.model_path == "tiny" else 64)
+    dtype = "float16" if args.fp16 else "float32"
     if args.model == "dit":
-        adapter = load_dit(args.model_path, args.vae_path, ctx.device, args.fp16, max_batch_size=args.max_network_batch)
+        adapter = load_dit(args.model_path, args.vae_path, ctx.device, dtype, max_batch_size=args.max_network_batch)
     else:
-        adapter = load_text_to_image(args.model_path, ctx.device, args.fp16, max_batch_size=args.max_network_batch)
+        adapter = load_text_to_image(args.model_path, ctx.device, dtype, max_batch_size=args.max_network_batch)
     adapter.make_schedule(10)  # the latent shape and decoder; each scenario makes its own schedule
     conditioning = _Conditioning(args, adapter)
 

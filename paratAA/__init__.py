@@ -19,7 +19,8 @@ from typing import Any
 # public name -> the module that defines it
 _EXPORTS = {
     "EpsFn": "paratAA.batch", "IterationRecord": "paratAA.batch", "SolveResult": "paratAA.batch",
-    "PAPER": "paratAA.defaults", "RECOMMENDED": "paratAA.defaults", "Solver": "paratAA.solver",
+    "PAPER": "paratAA.options", "RECOMMENDED": "paratAA.options", "SolverOptions": "paratAA.options",
+    "OptionError": "paratAA.options", "Solver": "paratAA.solver",
     "sequential": "paratAA.solver", "solve": "paratAA.solver",
     "NonFiniteError": "paratAA.errors", "Schedule": "paratAA.schedule", "ScheduleError": "paratAA.schedule",
     "sample_noise": "paratAA.noise",

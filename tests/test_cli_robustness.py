@@ -25,8 +25,9 @@ import parallel_dit
 import parallel_sd
 import parallel_sd_winit
 from paratAA import NonFiniteError
-from paratAA.cli import Interrupted, RunAborted, UsageError, failure_report, flag_checks, run_cli
-from paratAA.runs import RunFolder, RunRecorder, compare_with_sequential
+from paratAA.cli.process import failure_report, flag_checks, run_cli
+from paratAA.cli.runs import RunFolder, RunRecorder, compare_with_sequential
+from paratAA.errors import Interrupted, RunAborted, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -108,7 +109,7 @@ def test_memory_errors_give_the_estimate(tmp_path, capsys, single_thread) -> Non
 @pytest.mark.parametrize("extra", [[], ["--check_sequential"]], ids=["plain", "check_sequential"])
 def test_overflow_stops_with_a_failed_summary_and_strict_json(extra, tmp_path, capsys, single_thread) -> None:
     status, lines, _ = call(parallel_dit, ["--cfg_scale", "1e300", "--timesteps", "6", *extra], tmp_path, capsys)
-    assert status == 1 and len(lines) == 1 and "NaN or inf" in lines[0] and "--fp16" not in lines[0]
+    assert status == 1 and len(lines) == 1 and "NaN or inf" in lines[0] and "--dtype float32" not in lines[0]
     [run] = run_folders(tmp_path)
     assert str(run) in lines[0] and "marked failed" in lines[0]
     summary = strict_json((run / "summary.json").read_text())
@@ -125,12 +126,12 @@ def test_a_non_finite_sequential_reference_is_an_error_not_invalid_json() -> Non
         compare_with_sequential(latents, latents * float("nan"), lambda x: [], sequential_seconds=1.0)
 
 
-def test_the_fp16_hint_only_with_fp16(tmp_path) -> None:
-    for fp16 in (False, True):
+def test_the_float32_hint_only_in_half_precision(tmp_path) -> None:
+    for half in (False, True):
         with pytest.raises(RunAborted) as aborted:
-            with RunFolder(tmp_path, f"fp16-{fp16}", fp16=fp16):
+            with RunFolder(tmp_path, f"half-{half}", half_precision=half):
                 raise NonFiniteError("the network returned NaN or inf at iteration 3")
-        assert ("try without it" in str(aborted.value.cause)) == fp16
+        assert ("try --dtype float32" in str(aborted.value.cause)) == half
         assert strict_json((aborted.value.folder / "summary.json").read_text())["status"] == "failed"
 
 

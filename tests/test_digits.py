@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from paratAA import sample_noise, sequential, solve
+from paratAA.cli.models import load_dit
 from paratAA.pipelines.defaults import digits_dir
 from paratAA.pipelines.runner import class_conditioning
-from paratAA.script_models import load_dit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSES = list(range(10))

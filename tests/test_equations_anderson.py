@@ -135,7 +135,7 @@ def test_reanchoring_removes_the_change_inherited_from_the_plain_step():
                                     device=torch.device("cpu")) for _ in range(2)]
     for taa in histories:
         taa.forget(0, n)
-    for k in range(3):
+    for _ in range(3):
         x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
         r = torch.randn(n, 3, generator=gen, dtype=torch.float64)
         plain = histories[0].update(0, n, x, r, plain_from=top)

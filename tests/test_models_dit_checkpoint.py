@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paratAA.cli.models import load_dit
 from paratAA.pipelines.dit_checkpoint import convert_dit_state_dict, is_original_dit_state_dict, load_dit_checkpoint
 from paratAA.pipelines.locations import ModelLoadError
 from paratAA.pipelines.runner import class_conditioning
-from paratAA.script_models import load_dit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -141,7 +141,7 @@ def test_conversion_rejects_extra_missing_and_foreign_weights(original):
 def test_load_dit_from_original_checkpoint_file(original, tmp_path, tiny_dit_dir):
     path = tmp_path / "DiT-tiny.pt"
     torch.save({"ema": original.state_dict(), "model": {}}, path)  # a training checkpoint: "ema" wins
-    dit = load_dit(str(path), tiny_dit_dir, "cpu", False)
+    dit = load_dit(str(path), tiny_dit_dir, "cpu", "float32")
     schedule = dit.make_schedule(4, 0.0)
     assert dit.latent_shape == (4, 8, 8) and dit.adapter.num_classes == 10
     labels = torch.tensor([3, 9])
@@ -161,9 +161,9 @@ def test_checkpoint_errors_name_the_argument(tmp_path, original):
     other = tmp_path / "other.pt"
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(ModelLoadError, match="is not an original DiT checkpoint"):
-        load_dit(str(other), None, "cpu", False)
+        load_dit(str(other), None, "cpu", "float32")
     good = tmp_path / "good.pt"
     torch.save(original.state_dict(), good)
     # Default VAE is a hub id; offline it must fail fast with a message naming vae_path.
     with pytest.raises(ModelLoadError, match="vae_path: could not load .*sd-vae-ft-ema"):
-        load_dit(str(good), None, "cpu", False)
+        load_dit(str(good), None, "cpu", "float32")

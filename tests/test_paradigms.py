@@ -101,9 +101,9 @@ def test_default_tolerance_is_diffusers_default():
 
 @pytest.fixture(scope="module")
 def tiny_sd():
-    from paratAA.script_models import load_text_to_image
+    from paratAA.cli.models import load_text_to_image
 
-    runner = load_text_to_image("tiny", "cpu", False)
+    runner = load_text_to_image("tiny", "cpu", "float32")
     runner.make_schedule(10)
     return runner
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from paratAA import sample_noise, sequential
+from paratAA.cli.models import load_dit
 from paratAA.pipelines.locations import ModelLoadError
 from paratAA.pipelines.runner import class_conditioning
-from paratAA.script_models import load_dit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,7 +18,7 @@ T = 6
 
 
 def _runner(**kwargs):
-    runner = load_dit("tiny", None, "cpu", False, **kwargs)
+    runner = load_dit("tiny", None, "cpu", "float32", **kwargs)
     runner.make_schedule(T, 0.0)
     return runner
 
@@ -96,7 +96,7 @@ def test_micro_batches_do_not_change_the_result(dit):
 
 
 def test_schedule_is_dit_respacing_linspace_with_final_alpha_one():
-    dit = load_dit("tiny", None, "cpu", False)
+    dit = load_dit("tiny", None, "cpu", "float32")
     schedule = dit.make_schedule(10, 0.0)
     assert dit.schedule is schedule  # remembered for eps_fn
     expected = np.linspace(0, 999, 10).round().astype(np.int64)
@@ -109,14 +109,14 @@ def test_schedule_is_dit_respacing_linspace_with_final_alpha_one():
 
 
 def test_eps_fn_needs_a_schedule_and_validates_arguments():
-    fresh = load_dit("tiny", None, "cpu", False)
+    fresh = load_dit("tiny", None, "cpu", "float32")
     with pytest.raises(ValueError, match="schedule"):
         fresh.eps_fn(class_conditioning([1], 4.0))
     fresh.make_schedule(T, 0.0)
     with pytest.raises(ValueError, match="class_labels"):
         fresh.eps_fn(class_conditioning([1000], 4.0))
     with pytest.raises(ValueError, match="guidance"):
-        load_dit("tiny", None, "cpu", False, guidance="three")
+        load_dit("tiny", None, "cpu", "float32", guidance="three")
     with pytest.raises(ValueError, match="steps"):
         fresh.eps_fn(class_conditioning([1], 4.0))(torch.zeros(1, 4, 8, 8), torch.tensor([T]), torch.tensor([0]))
 
@@ -129,8 +129,8 @@ def test_decode_returns_rgb_images(dit):
 def test_local_pipeline_and_transformer_directories_equal_the_in_memory_model(dit, tiny_dit_dir):
     labels = torch.tensor([3, 4, 5])
     expected = _eps(dit, labels, 2.0)
-    from_pipeline = load_dit(tiny_dit_dir, None, "cpu", False)
-    from_transformer = load_dit(os.path.join(tiny_dit_dir, "transformer"), tiny_dit_dir, "cpu", False)
+    from_pipeline = load_dit(tiny_dit_dir, None, "cpu", "float32")
+    from_transformer = load_dit(os.path.join(tiny_dit_dir, "transformer"), tiny_dit_dir, "cpu", "float32")
     for runner in (from_pipeline, from_transformer):
         schedule = runner.make_schedule(T, 0.0)
         assert runner.latent_shape == (4, 8, 8) and runner.model_id != "tiny-dit"
@@ -143,18 +143,18 @@ def test_local_pipeline_and_transformer_directories_equal_the_in_memory_model(di
 def test_load_errors_name_the_path(tmp_path, tiny_sd_dir):
     missing = str(tmp_path / "no-such-model")
     with pytest.raises(ModelLoadError, match=f"model_path: local path '{missing}' does not exist"):
-        load_dit(missing, None, "cpu", False)
+        load_dit(missing, None, "cpu", "float32")
     with pytest.raises(ModelLoadError, match="neither a diffusers pipeline directory"):
-        load_dit(str(tmp_path), None, "cpu", False)
+        load_dit(str(tmp_path), None, "cpu", "float32")
     with pytest.raises(ModelLoadError, match="model_path: could not load a pipeline's model_index.json from "
                                              "'nobody/no-dit'"):
-        load_dit("nobody/no-dit", None, "cpu", False)
+        load_dit("nobody/no-dit", None, "cpu", "float32")
     with pytest.raises(ModelLoadError, match="vae_path: local path"):
-        load_dit("tiny", str(tmp_path / "no-vae"), "cpu", False)
-    from paratAA.cli import UsageError
+        load_dit("tiny", str(tmp_path / "no-vae"), "cpu", "float32")
+    from paratAA.errors import UsageError
 
     with pytest.raises(UsageError, match="StableDiffusionPipeline is not supported by this script"):
-        load_dit(tiny_sd_dir, None, "cpu", False)
+        load_dit(tiny_sd_dir, None, "cpu", "float32")
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -192,7 +192,7 @@ def test_sequential_reference_uses_dit_pipeline_for_eta_zero(dit, monkeypatch):
 
 
 def test_fp16_model_returns_float64_close_to_float32(dit, monkeypatch):
-    half = load_dit("tiny", None, "cpu", True)
+    half = load_dit("tiny", None, "cpu", "float16")
     half.make_schedule(T, 0.0)
     assert half.pipe.transformer.dtype == torch.float16 and half.pipe.vae.dtype == torch.float16
     labels = torch.tensor([1, 2, 3])

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from paratAA import sample_noise, sequential
+from paratAA.cli.models import load_text_to_image
 from paratAA.pipelines.locations import ModelLoadError
 from paratAA.pipelines.runner import text_conditioning
-from paratAA.script_models import load_text_to_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,7 +18,7 @@ NEGATIVES = ["", "blurry", ""]
 
 
 def _runner(**kwargs):
-    runner = load_text_to_image("tiny", "cpu", False, **kwargs)
+    runner = load_text_to_image("tiny", "cpu", "float32", **kwargs)
     runner.make_schedule(T, 0.0)
     return runner
 
@@ -96,7 +96,7 @@ def test_micro_batches_do_not_change_the_result(sd):
 
 
 def test_schedule_follows_sd_config_leading_spacing_offset_one():
-    runner = load_text_to_image("tiny", "cpu", False)
+    runner = load_text_to_image("tiny", "cpu", "float32")
     schedule = runner.make_schedule(10, 0.0)
     assert schedule.timesteps.tolist() == list(range(1, 1000, 100))
     scheduler = runner.pipe.scheduler  # SD 1.5 ships PNDM: the runner samples with DDIM from its config
@@ -118,7 +118,7 @@ def test_argument_errors_name_the_argument(sd):
 
 
 def test_local_pipeline_directory_equals_the_in_memory_model(sd, tiny_sd_dir):
-    loaded = load_text_to_image(tiny_sd_dir, "cpu", False)
+    loaded = load_text_to_image(tiny_sd_dir, "cpu", "float32")
     loaded.make_schedule(T, 0.0)
     assert loaded.latent_shape == sd.latent_shape == (4, 8, 8)
     assert loaded.pipe.safety_checker is None  # not loaded: the runner decodes without it
@@ -133,15 +133,15 @@ def test_local_pipeline_directory_equals_the_in_memory_model(sd, tiny_sd_dir):
 def test_load_errors_name_the_path(tmp_path, tiny_dit_dir):
     missing = str(tmp_path / "nothing-here")
     with pytest.raises(ModelLoadError, match=f"model_path: local path '{missing}' does not exist"):
-        load_text_to_image(missing, "cpu", False)
+        load_text_to_image(missing, "cpu", "float32")
     with pytest.raises(ModelLoadError, match="neither a diffusers pipeline directory"):
-        load_text_to_image(str(tmp_path), "cpu", False)
+        load_text_to_image(str(tmp_path), "cpu", "float32")
     with pytest.raises(ModelLoadError, match="could not load a pipeline's model_index.json from 'nobody/no-sd'"):
-        load_text_to_image("nobody/no-sd", "cpu", False)
-    from paratAA.cli import UsageError
+        load_text_to_image("nobody/no-sd", "cpu", "float32")
+    from paratAA.errors import UsageError
 
     with pytest.raises(UsageError, match="DiTPipeline is not supported by this script .use parallel_dit.py"):
-        load_text_to_image(tiny_dit_dir, "cpu", False)
+        load_text_to_image(tiny_dit_dir, "cpu", "float32")
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])

@@ -7,8 +7,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from paratAA.cli import max_iterations
-from paratAA.runs import PSNR_CAP_DB, create_run_dir, psnr_db
+from paratAA.cli.flags import max_iterations
+from paratAA.cli.runs import PSNR_CAP_DB, create_run_dir, psnr_db
 
 
 def test_run_folders_are_never_reused(tmp_path) -> None:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import parallel_dit
 import parallel_sd
 import parallel_sd_winit
-from paratAA.cli import run_cli
+from paratAA.cli.process import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
@@ -188,7 +188,7 @@ BAD_INPUTS = [
     (parallel_dit, ["--tol2", "-0.001"], "--tol2"),
     (parallel_dit, ["--eta", "1.5"], "--eta"),
     (parallel_dit, ["--max_steps", "1"], "--max_steps"),
-    (parallel_dit, ["--fp16", "--device", "cpu"], "--fp16"),
+    (parallel_dit, ["--fp16", "--dtype", "bfloat16"], "--fp16"),
     (parallel_dit, ["--class_labels", "1", "2", "--num_samples", "3"], "--class_labels"),
     (parallel_dit, ["--class_labels", "5000"], "--class_labels"),
     (parallel_dit, ["--timesteps", "5000"], "--timesteps"),
@@ -231,8 +231,10 @@ def test_drawn_class_labels_do_not_depend_on_the_sample_count() -> None:
 
 
 @pytest.mark.parametrize("paper, expected", [
-    (False, dict(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised", tol1=1e-4, tol2=1e-4)),
-    (True, dict(window_size=100, order=100, memory_size=2, map_form="affine", init="copy", tol1=1e-3, tol2=1e-3)),
+    (False, dict(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised", tol1=1e-4, tol2=1e-4,
+                 precision_floor=True)),
+    (True, dict(window_size=T, order=T, memory_size=2, map_form="affine", init="copy", tol1=1e-3, tol2=1e-3,
+                precision_floor=False)),
 ])
 def test_recommended_method_by_default_and_the_reference_scripts_with_paper(paper, expected, tmp_path, capsys,
                                                                             single_thread) -> None:
@@ -240,8 +242,10 @@ def test_recommended_method_by_default_and_the_reference_scripts_with_paper(pape
             "--output_path", str(tmp_path)]
     status = run_cli(parallel_dit.main, argv + (["--paper"] if paper else []))
     run = Path(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("Output folder: "))
-    config_args = _json(run / "config.json")["args"]
-    assert status == 0 and {k: config_args[k] for k in expected} == expected
+    config = _json(run / "config.json")
+    used = config["resolved"]["solver_options"]  # the options in force: window capped at T, default tolerances
+    assert status == 0 and {k: used[k] for k in expected} == expected
+    assert config["args"]["window_size"] == (100 if paper else T)  # as asked
 
 
 def test_paper_keeps_explicit_flags_and_fits_its_order_to_the_window(tmp_path, capsys, single_thread) -> None:

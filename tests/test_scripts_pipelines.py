@@ -13,8 +13,8 @@ import pytest
 
 import parallel_sd
 import parallel_sd_winit
+from paratAA.cli.process import run_cli
 from paratAA.pipelines.loading import pipeline_class
-from paratAA.cli import run_cli
 
 T = 8
 TIGHT = ["--tol1", "1e-6", "--tol2", "1e-6"]
@@ -131,3 +131,28 @@ def test_a_hub_id_that_is_not_available_is_one_line(tmp_path, capsys) -> None:
     status, _, err = _run(parallel_sd, ["--model_path", "nobody/no-such-pipeline"], tmp_path, capsys)
     lines = err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "model_path" in lines[0] and "model_index.json" in lines[0]
+
+
+@pytest.mark.parametrize("model, prefix", [("tiny-wan", "Wan-T"), ("tiny-pixart", "PixArt-T")])
+def test_parallel_sd_runs_video_and_newer_image_families(model, prefix, tmp_path, capsys, single_thread) -> None:
+    from PIL import Image
+
+    status, run, err = _run(parallel_sd, ["--model_path", model, "--num_samples", "2", "--prompt", "a cat",
+                                          "--check_sequential"], tmp_path, capsys)
+    assert status == 0, err
+    assert run.name.startswith(prefix)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["converged"] and all(s["sequential_relative_diff"] < 1e-4 for s in summary["samples"])
+    final = Image.open(run / "sample_0" / "final.png")
+    sheet = Image.open(run / "contact_sheet.png")
+    if model == "tiny-wan":  # a video: frame strips per iteration, the final clip as a GIF, middle frames in the sheet
+        clip = Image.open(run / "sample_0" / "clip.gif")
+        assert clip.n_frames == 5 and final.width > 4 * final.height
+        assert sheet.width < final.width * summary["samples"][0]["iterations"]
+    else:
+        assert not (run / "sample_0" / "clip.gif").exists() and final.width == final.height
+
+
+def test_the_sampler_flag_is_refused_for_a_video_pipeline(tmp_path, capsys) -> None:
+    status, _, err = _run(parallel_sd, ["--model_path", "tiny-wan", "--sampler", "ddim"], tmp_path, capsys)
+    assert status == 2 and "--sampler: a WanPipeline samples with its shipped scheduler (UniPC)" in err

@@ -127,8 +127,9 @@ def test_defaults_are_the_recommended_method_and_exact():
     eps_fn = mixture_eps(schedule)
     noise = sample_noise(3, 2, T, LATENT)
     default = solve(eps_fn, schedule, noise, **TIGHT)
-    options = {k: v for k, v in paratAA.RECOMMENDED.items() if k not in ("order", "tol1", "tol2")}
-    explicit = solve(eps_fn, schedule, noise, window_size=T, order=T, **options, **TIGHT)
+    spelled_out = paratAA.SolverOptions(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised",
+                                        anderson_lambda=1e-3, reanchor=False, **TIGHT)
+    explicit = solve(eps_fn, schedule, noise, spelled_out)
     assert torch.equal(default.trajectory, explicit.trajectory) and default.iterations == explicit.iterations
     assert default.records[0].windows == [(0, T)] * 2  # window_size defaults to T
     assert (default.trajectory - sequential(eps_fn, schedule, noise)).abs().max() < 1e-10
@@ -187,7 +188,7 @@ def test_memory_one_order_one_is_exactly_fixed_point_iteration():
     noise = sample_noise(2, 2, T, LATENT)
     solver = paratAA.Solver(eps_fn, schedule, noise, window_size=T, order=1, memory_size=1, tol1=0.0, tol2=0.0)
     expected = naive_fixed_point(eps_fn, schedule, noise, T)
-    for record, reference in zip(solver.iterate(), expected):
+    for _, reference in zip(solver.iterate(), expected):
         assert (solver.trajectory - reference).abs().max() < 1e-12
     assert solver.result().iterations == T
 

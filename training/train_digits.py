@@ -118,9 +118,9 @@ def train(output_dir: Path, steps: int, batch_size: int, lr: float, ema_decay: f
 def sample_grid(model_dir: Path, per_class: int = 8, timesteps: int = 50, cfg_scale: float = 3.0, seed: int = 0):
     """Sequential DDIM samples of every class, loaded like any model directory; rows = classes."""
     from paratAA import sequential
+    from paratAA.cli.images import contact_sheet
+    from paratAA.cli.models import load_dit
     from paratAA.pipelines.runner import class_conditioning
-    from paratAA.runs import contact_sheet
-    from paratAA.script_models import load_dit
 
     runner = load_dit(str(model_dir), device="cpu")
     schedule = runner.make_schedule(timesteps, 0.0)
@@ -151,7 +151,7 @@ on a network that learned something, offline, in seconds on a CPU.
   (torch {facts['torch']}; about 0.33 s per step on a free core). Loss curve: `loss.csv`.
 - **Command**: `{facts['command']}`
 - **Use**: `python parallel_dit.py --model_path digits --class_labels 0 1 2 3 4 5 6 7 8 9 --timesteps 50`
-  or, in Python, `paratAA.script_models.load_dit("digits")` (a `PipelineRunner`), or
+  or, in Python, `paratAA.cli.models.load_dit("digits")` (a `PipelineRunner`), or
   `DiTPipeline.from_pretrained("models/digits", vae=None)` with `paratAA.pipelines.prepare`.
 
 `samples.png`: sequential DDIM, 50 steps, guidance 3, seed 0, one row per class 0-9.

@@ -41,18 +41,13 @@ from typing import Any
 import torch
 
 import paratAA
+from paratAA.errors import UnsupportedPipelineError
 from paratAA.schedule import Schedule
 
-__all__ = ["MISSING", "NetworkCall", "PipelineAdapter", "UnsupportedPipelineError", "SUPPORTED_SCHEDULERS", "delegate",
-           "restore", "solver_options"]
+__all__ = ["MISSING", "NetworkCall", "PipelineAdapter", "UnsupportedPipelineError", "delegate",
+           "restore"]
 
-SUPPORTED_SCHEDULERS = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler",
-                        "DPMSolverMultistepScheduler")
 DEFAULT_MAX_BATCH_SIZE = 64
-
-
-class UnsupportedPipelineError(ValueError):
-    """A pipeline, scheduler or pipeline argument that ``paratAA.pipelines.sample`` cannot run."""
 
 
 @dataclass
@@ -101,7 +96,8 @@ class PipelineAdapter:
     Class attributes a subclass sets:
         pipeline_classes: names of the diffusers pipeline classes it serves.
         schedulers: names of the scheduler classes it runs; ``suggested_scheduler``: per pipeline
-            class, the one an error message suggests switching to.
+            class, the one an error message suggests switching to; ``suggested_arguments``: per
+            pipeline class, extra ``from_config`` arguments of that line (``", shift=..."``).
         denoiser: the pipeline attribute holding the network (``"unet"`` or ``"transformer"``).
         latent_argument, timestep_argument: the network's parameter names for the noisy latents
             and the timestep.
@@ -118,6 +114,7 @@ class PipelineAdapter:
     pipeline_classes: tuple[str, ...] = ()
     schedulers: tuple[str, ...] = ()
     suggested_scheduler: dict[str, str] = {}
+    suggested_arguments: dict[str, str] = {}
     denoiser: str = "unet"
     latent_argument: str = "sample"
     timestep_argument: str = "timestep"
@@ -172,6 +169,16 @@ class PipelineAdapter:
     def step_copies(self, arguments: dict[str, Any]) -> int:
         """How many copies of each sample the pipeline's ``scheduler.step`` carries (DiT: 2 with guidance)."""
         return 1
+
+    def extra_denoisers(self) -> list[Any]:
+        """Networks other than ``module`` that the pipeline's loop calls (Wan 2.2's low-noise
+        ``transformer_2``): ``sample`` records and replays their calls as it does the denoiser's."""
+        return []
+
+    def schedule(self, scheduler: Any, eta: float = 0.0) -> Schedule:
+        """The ``paratAA.Schedule`` of the pipeline's configured scheduler (``Schedule.from_scheduler``;
+        a family shipping a scheduler class of its own, CogVideoX, maps it to one the schedule reads)."""
+        return Schedule.from_scheduler(scheduler, eta=eta)
 
     def network_timestep(self, t: torch.Tensor, latent_dtype: torch.dtype) -> torch.Tensor:
         """The network's timestep argument for rows whose scheduler timestep is ``t`` (as the pipeline feeds it)."""
@@ -270,11 +277,6 @@ class PipelineAdapter:
                 _set_path(arguments, path, value[index.to(value.device)])
         prediction = _output_tensor(self.module(**arguments))
         return list(prediction.chunk(copies)) if copies > 1 else [prediction]
-
-
-def solver_options(given: dict[str, Any]) -> dict[str, Any]:
-    """The options for ``paratAA.solve``: only those the user gave, so the library's defaults apply to the rest."""
-    return {name: value for name, value in given.items() if value is not None}
 
 
 Callback = Callable[[paratAA.IterationRecord], None]

@@ -14,13 +14,9 @@ import torch
 
 from .base import PipelineAdapter, UnsupportedPipelineError
 from .defaults import GUIDANCE_RULES
+from .guidance import batched_cfg, guided, true_cfg
 
 __all__ = ["ADAPTERS", "DiTAdapter", "FluxAdapter", "SD3Adapter", "StableDiffusionAdapter"]
-
-
-def _guided(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """``uncond + scale * (cond - uncond)``, in the network's dtype, as the pipelines compute it."""
-    return uncond + scale * (cond - uncond)
 
 
 class StableDiffusionAdapter(PipelineAdapter):
@@ -33,8 +29,11 @@ class StableDiffusionAdapter(PipelineAdapter):
     """
 
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
-    schedulers = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
+    schedulers = ("DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+                  "UniPCMultistepScheduler")
     suggested_scheduler = {"StableDiffusionPipeline": "DDIMScheduler", "StableDiffusionXLPipeline": "EulerDiscreteScheduler"}
+    # DDIM's own default clips the predicted sample (not affine); SD 1.x/2.x configurations may not say.
+    suggested_arguments = {"StableDiffusionPipeline": ", clip_sample=False"}
     denoiser = "unet"
     latent_argument = "sample"
     batched_arguments = ("encoder_hidden_states", "timestep_cond", "class_labels", "added_cond_kwargs.text_embeds",
@@ -46,18 +45,9 @@ class StableDiffusionAdapter(PipelineAdapter):
 
     def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
         (parts,) = outputs
-        if len(parts) == 1:
-            return parts[0]
-        uncond, text = parts
         # The call's own arguments, not the pipeline's attributes: those are the latest call's, and a
         # prepared eps_fn may run after the pipeline has been called again.
-        guided = _guided(uncond, text, arguments["guidance_scale"])
-        rescale = arguments.get("guidance_rescale") or 0.0
-        if rescale > 0:
-            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-
-            guided = rescale_noise_cfg(guided, text, guidance_rescale=rescale)
-        return guided
+        return batched_cfg(parts, arguments["guidance_scale"], arguments.get("guidance_rescale") or 0.0)
 
     def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
         vae = self.pipe.vae
@@ -102,10 +92,7 @@ class SD3Adapter(PipelineAdapter):
 
     def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
         (parts,) = outputs
-        if len(parts) == 1:
-            return parts[0]
-        uncond, text = parts
-        return _guided(uncond, text, arguments["guidance_scale"])
+        return batched_cfg(parts, arguments["guidance_scale"])
 
     def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
         vae = self.pipe.vae
@@ -137,10 +124,7 @@ class FluxAdapter(PipelineAdapter):
         return t.to(latent_dtype) / 1000
 
     def combine(self, outputs: list[list[torch.Tensor]], arguments: dict[str, Any]) -> torch.Tensor:
-        if len(outputs) == 1:
-            return outputs[0][0]
-        (cond,), (negative,) = outputs
-        return negative + arguments["true_cfg_scale"] * (cond - negative)
+        return true_cfg(outputs, arguments["true_cfg_scale"])
 
     def decode_pixels(self, latents: torch.Tensor, arguments: dict[str, Any]) -> torch.Tensor:
         pipe, vae = self.pipe, self.pipe.vae
@@ -168,8 +152,9 @@ class DiTAdapter(PipelineAdapter):
     """
 
     pipeline_classes = ("DiTPipeline",)
-    schedulers = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler")
+    schedulers = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
     suggested_scheduler = {"DiTPipeline": "DDIMScheduler"}
+    suggested_arguments = {"DiTPipeline": ", clip_sample=False"}
     denoiser = "transformer"
     latent_argument = "hidden_states"
     batched_arguments = ("class_labels",)
@@ -224,10 +209,10 @@ class DiTAdapter(PipelineAdapter):
             out = parts[0]
             return out[:, :channels] if self.module.config.out_channels // 2 == channels else out
         cond, uncond = (part[:, :channels] for part in parts)
-        guided = _guided(uncond, cond, arguments["guidance_scale"])
+        output = guided(uncond, cond, arguments["guidance_scale"])
         if self.guidance == "original":
-            guided[:, self.ORIGINAL_GUIDED_CHANNELS:] = cond[:, self.ORIGINAL_GUIDED_CHANNELS:]
-        return guided
+            output[:, self.ORIGINAL_GUIDED_CHANNELS:] = cond[:, self.ORIGINAL_GUIDED_CHANNELS:]
+        return output
 
     def decode(self, latents: torch.Tensor, arguments: dict[str, Any], output_type: str) -> Any:
         """As ``DiTPipeline`` ends: images in [0, 1]; ``pt`` tensors, else numpy (``pil``: PIL images,

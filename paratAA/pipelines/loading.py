@@ -37,7 +37,10 @@ SDXL = "StableDiffusionXLPipeline"
 SD3 = "StableDiffusion3Pipeline"
 FLUX = "FluxPipeline"
 DIT = "DiTPipeline"
-TINY_CLASSES = {"dit": DIT, "sd": SD, "sdxl": SDXL, "sd3": SD3, "flux": FLUX}
+TINY_CLASSES = {"dit": DIT, "sd": SD, "sdxl": SDXL, "sd3": SD3, "flux": FLUX,
+                "wan": "WanPipeline", "wan22": "WanPipeline", "ltx": "LTXPipeline", "hunyuan": "HunyuanVideoPipeline",
+                "cogvideox": "CogVideoXPipeline", "qwenimage": "QwenImagePipeline", "sana": "SanaPipeline",
+                "pixart": "PixArtSigmaPipeline", "chroma": "ChromaPipeline", "flux-kontext": "FluxKontextPipeline"}
 _DIT_TRANSFORMER = "DiTTransformer2DModel"
 
 
@@ -137,7 +140,7 @@ def place(module: Any, device: Any, dtype: Any) -> Any:
     return module if module.dtype == dtype else module.to(dtype)
 
 
-def load_pipeline(model_path: str, device: Any = "cpu", fp16: bool = False, *, vae_path: str | None = None,
+def load_pipeline(model_path: str, device: Any = "cpu", dtype: Any = "float32", *, vae_path: str | None = None,
                   check: Callable[[str], None] | None = None) -> Any:
     """Load ``model_path`` (see the module docstring) as a diffusers pipeline, in eval mode, progress bar off.
 
@@ -145,7 +148,8 @@ def load_pipeline(model_path: str, device: Any = "cpu", fp16: bool = False, *, v
         model_path: ``tiny-<kind>``, ``digits``, a hub id, a local pipeline directory, or (DiT) a
             transformer directory or an original checkpoint file.
         device: where the pipeline runs.
-        fp16: load and run in float16 (else float32).
+        dtype: the precision to load and run in: a torch dtype or its name (``"float32"``,
+            ``"float16"``, ``"bfloat16"``).
         vae_path: hub id or directory of an ``AutoencoderKL`` (or of a pipeline with a ``vae``
             folder) replacing the pipeline's VAE; default: the pipeline's own (none for a
             pixel-space pipeline), ``stabilityai/sd-vae-ft-ema`` for a DiT transformer or checkpoint.
@@ -168,7 +172,10 @@ def load_pipeline(model_path: str, device: Any = "cpu", fp16: bool = False, *, v
     name = TINY_CLASSES[kind] if source is None else source.name
     if check is not None:
         check(name)
-    dtype = torch.float16 if fp16 else torch.float32
+    if isinstance(dtype, str) and dtype in ("float32", "float16", "bfloat16"):
+        dtype = getattr(torch, dtype)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16' (or that torch dtype), got {dtype!r}")
     if source is None:
         from .tiny import tiny_pipeline
 

@@ -18,6 +18,8 @@ import re
 import warnings
 from typing import Any
 
+from paratAA.errors import ModelLoadError, first_line
+
 __all__ = ["LOAD_ERRORS", "ModelLoadError", "first_line", "load_pretrained", "quiet_library_notices",
            "resolve_location"]
 
@@ -45,8 +47,11 @@ class _NoticeFilter(logging.Filter):
 # - diffusers: "Couldn't connect to the Hub ... Will try to load from local cache" for every hub id when
 #   offline. Loading from the cache then works silently, and a model that is not cached ends in a one-line
 #   ``ModelLoadError`` that says so.
+# - diffusers: "There are modules in X that should be kept in float32: []" whenever a module is cast with
+#   ``to(dtype)``, as ``--dtype float16/bfloat16`` does, even when the list it names is empty.
 _NOTICES = {"transformers.utils.import_utils": "requires torchvision (not installed)",
-            "diffusers.pipelines.pipeline_utils": "Couldn't connect to the Hub"}
+            "diffusers.pipelines.pipeline_utils": "Couldn't connect to the Hub",
+            "diffusers.models.modeling_utils": "should be kept in float32: []"}
 
 
 def quiet_library_notices() -> None:
@@ -55,16 +60,6 @@ def quiet_library_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoticeFilter) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_NoticeFilter(fragment))
-
-
-class ModelLoadError(ValueError):
-    """A model path or hub id that cannot be loaded; the message names the argument and the location."""
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception message (or its type name), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolve_location(location: str, argument: str) -> tuple[str, str]:

@@ -10,8 +10,8 @@ called in its dtype and in micro-batches, the scheduler's configuration, decodin
 The sampler (``use_sampler``): SD 1.x/2.x and DiT sample with DDIM as the reference scripts do,
 built from the pipeline's scheduler configuration (SD: no clipping; DiT: DiT's respacing,
 ``defaults.DIT_DDIM``), so ``--eta`` applies; SDXL, SD3 and Flux keep the scheduler they ship
-(Euler, flow-matching Euler: deterministic). ``sampler="ddim"`` or ``"dpm++2m"`` (DPM-Solver++ 2M)
-builds that one instead (not for the flow-matching pipelines).
+(Euler, flow-matching Euler: deterministic). ``sampler="ddim"``, ``"dpm++2m"`` (DPM-Solver++ 2M)
+or ``"unipc"`` (UniPC) builds that one instead (not for the flow-matching pipelines).
 
 Conditioning is the pipeline call's own arguments, one entry per sample: ``text_conditioning`` /
 ``class_conditioning`` build them.
@@ -30,14 +30,14 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import PIL.Image
 import torch
 
 from paratAA import EpsFn, Schedule
 from paratAA.noise import sample_noise
+from paratAA.pipelines.defaults import SAMPLERS
 
-from .defaults import DIT_DDIM
 from .base import MISSING, delegate, restore
+from .defaults import DIT_DDIM
 from .sampling import Prepared, adapter_for, prepare
 
 __all__ = ["SAMPLERS", "PipelineRunner", "class_conditioning", "text_conditioning", "use_sampler"]
@@ -45,7 +45,6 @@ __all__ = ["SAMPLERS", "PipelineRunner", "class_conditioning", "text_conditionin
 # DDIM over a pipeline's scheduler configuration, with these overrides per pipeline class.
 _DDIM_OVERRIDES = {"StableDiffusionPipeline": dict(clip_sample=False), "DiTPipeline": DIT_DDIM,
                    "StableDiffusionXLPipeline": dict(clip_sample=False)}
-SAMPLERS = ("ddim", "dpm++2m")  # what ``PipelineRunner(sampler=...)`` builds over the pipeline's configuration
 _OWN_SCHEDULER_ONLY = ("StableDiffusion3Pipeline", "FluxPipeline")  # flow matching: the shipped scheduler
 
 
@@ -53,7 +52,8 @@ def use_sampler(pipe: Any, sampler: str | None) -> None:
     """Give ``pipe`` the scheduler ``sampler`` names, built from its scheduler configuration.
 
     ``"ddim"``: DDIM (SD: no clipping; DiT: DiT's respacing, ``defaults.DIT_DDIM``); ``"dpm++2m"``:
-    DPM-Solver++ 2M (``DPMSolverMultistepScheduler``); None: DDIM for SD 1.x/2.x and DiT, as the
+    DPM-Solver++ 2M (``DPMSolverMultistepScheduler``); ``"unipc"``: UniPC (``UniPCMultistepScheduler``,
+    diffusers' defaults: bh2, order 2, corrector on); None: DDIM for SD 1.x/2.x and DiT, as the
     reference scripts, the shipped scheduler otherwise.
 
     Raises:
@@ -69,11 +69,13 @@ def use_sampler(pipe: Any, sampler: str | None) -> None:
     if name in _OWN_SCHEDULER_ONLY:
         raise ValueError(f"sampler: a {name} samples with flow-matching Euler, the scheduler it ships; "
                          f"{sampler} does not apply")
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     config = pipe.scheduler.config
     if sampler == "ddim":
         pipe.scheduler = DDIMScheduler.from_config(config, **_DDIM_OVERRIDES.get(name, {}))
+    elif sampler == "unipc":
+        pipe.scheduler = UniPCMultistepScheduler.from_config(config)
     else:
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
@@ -214,13 +216,14 @@ class PipelineRunner:
         prepared = self._prepare(conditioning, (schedule or self._bound()).num_steps)
         return prepared.eps_fn if schedule is None else prepared.eps_fn_for(schedule)
 
-    def decode(self, latents: torch.Tensor) -> list[PIL.Image.Image]:
-        """Final latents ``(n, *latent_shape)`` to PIL images, as the pipeline's call ends."""
+    def decode(self, latents: torch.Tensor) -> list[Any]:
+        """Final latents ``(n, *latent_shape)`` to PIL images, as the pipeline's call ends (a video
+        pipeline's: per sample, the list of its frames)."""
         self._bound()
         if tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"latents: expected shape (n, {', '.join(map(str, self.latent_shape))}), "
                              f"got {tuple(latents.shape)}")
-        images: list[PIL.Image.Image] = []
+        images: list[Any] = []
         for start in range(0, latents.shape[0], self.max_batch_size):
             images.extend(self._decoder.decode(latents[start:start + self.max_batch_size], output_type="pil"))
         return images

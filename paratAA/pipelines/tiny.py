@@ -215,19 +215,47 @@ def build_tiny_flux_pipeline(seed: int = SEED, text_encoders: bool = True) -> Fl
                     "tokenizer": clip_tokenizer, "tokenizer_2": t5_tokenizer}
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, **text,
                         transformer=transformer)
+    # FluxPipeline's default height and width are default_sample_size * vae_scale_factor (1024 pixels):
+    # the tiny one's default is IMAGE_SIZE, so that pipe(prompt) is tiny as called.
+    pipe.default_sample_size = IMAGE_SIZE // pipe.vae_scale_factor
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def _builder_in(module: str, name: str) -> Any:
+    """A builder of another module (``tiny_video``, ``tiny_image2``; they import this one), imported when called."""
+
+    def build(seed: int = SEED, text_encoders: bool = True) -> Any:
+        from importlib import import_module
+
+        return getattr(import_module(module, __package__), name)(seed, text_encoders)
+
+    return build
+
+
 _BUILDERS = {"dit": build_tiny_dit_pipeline, "sd": build_tiny_sd_pipeline, "sdxl": build_tiny_sdxl_pipeline,
-             "sd3": build_tiny_sd3_pipeline, "flux": build_tiny_flux_pipeline}
+             "sd3": build_tiny_sd3_pipeline, "flux": build_tiny_flux_pipeline,
+             "wan": _builder_in(".tiny_video", "build_tiny_wan_pipeline"),
+             "wan22": _builder_in(".tiny_video", "build_tiny_wan22_pipeline"),
+             "ltx": _builder_in(".tiny_video", "build_tiny_ltx_pipeline"),
+             "hunyuan": _builder_in(".tiny_video", "build_tiny_hunyuan_video_pipeline"),
+             "cogvideox": _builder_in(".tiny_video", "build_tiny_cogvideox_pipeline"),
+             "qwenimage": _builder_in(".tiny_image2", "build_tiny_qwenimage_pipeline"),
+             "sana": _builder_in(".tiny_image2", "build_tiny_sana_pipeline"),
+             "pixart": _builder_in(".tiny_image2", "build_tiny_pixart_sigma_pipeline"),
+             "chroma": _builder_in(".tiny_image2", "build_tiny_chroma_pipeline"),
+             "flux-kontext": _builder_in(".tiny_image2", "build_tiny_flux_kontext_pipeline")}
 
 
 def tiny_pipeline(kind: str, seed: int = SEED, text_encoders: bool = True) -> Any:
     """A new tiny ``"dit"``, ``"sd"``, ``"sdxl"``, ``"sd3"`` or ``"flux"`` pipeline (``--model_path tiny``,
-    ``tiny-<kind>``).
+    ``tiny-<kind>``), or of a video or newer image family (``TINY_KINDS``: ``"wan"``, ``"wan22"``,
+    ``"ltx"``, ``"hunyuan"``, ``"cogvideox"``, ``"qwenimage"``, ``"sana"``, ``"pixart"``, ``"chroma"``,
+    ``"flux-kontext"``; see ``paratAA.pipelines.tiny_video`` and ``tiny_image2`` for their text encoders
+    and call sizes).
 
-    Flux prompts: pass ``max_sequence_length=16`` (the tiny T5 tokenizer's length).
+    Every tiny pipeline is tiny as called with its defaults (Flux: 16x16 pixels; its T5 pads prompts to
+    the pipeline's ``max_sequence_length``, 512 tokens, which the tiny T5 runs in milliseconds).
     """
     if kind not in _BUILDERS:
         raise ValueError(f"kind must be one of {TINY_KINDS}, got {kind!r}")

@@ -16,25 +16,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from paratAA.cli import TINY_MODEL, UsageError
-from paratAA.pipelines.defaults import TINY_PREFIX
+from paratAA.errors import ModelLoadError, UsageError
+from paratAA.pipelines.defaults import TINY_MODEL, TINY_PREFIX
 from paratAA.pipelines.loading import DIT, FLUX, SD, SD3, SDXL, load_pipeline, pipeline_class
-from paratAA.pipelines.locations import ModelLoadError
 
-__all__ = ["MODEL_HELP", "RUN_PREFIXES", "TEXT_TO_IMAGE", "check_dit_family", "check_text_to_image_flags", "load_dit",
+__all__ = ["MODEL_HELP", "RUN_PREFIXES", "SCRIPT_FAMILIES", "TEXT_TO_IMAGE", "TEXT_TO_VIDEO", "check_dit_family", "check_text_to_image_flags", "load_dit",
            "load_text_to_image", "script_pipeline_class"]
 
-TEXT_TO_IMAGE = (SD, SDXL, SD3, FLUX)
-# The sampler each text-to-image family runs with here (for messages).
-SAMPLERS = {SD: "DDIM", SDXL: "Euler (EulerDiscreteScheduler)", SD3: "flow-matching Euler", FLUX: "flow-matching Euler"}
+# Families run by parallel_sd*.py: their prompt, negative prompt and guidance scale are the flags'.
+TEXT_TO_IMAGE = (SD, SDXL, SD3, FLUX, "PixArtSigmaPipeline", "SanaPipeline", "ChromaPipeline")
+TEXT_TO_VIDEO = ("WanPipeline", "LTXPipeline", "CogVideoXPipeline")
+SCRIPT_FAMILIES = TEXT_TO_IMAGE + TEXT_TO_VIDEO
+# The sampler each family runs with here (for messages); --sampler rebuilds the scheduler of SD and SDXL only.
+SAMPLERS = {SD: "DDIM", SDXL: "Euler (EulerDiscreteScheduler)", SD3: "flow-matching Euler", FLUX: "flow-matching Euler",
+            "PixArtSigmaPipeline": "DPM-Solver++ 2M", "SanaPipeline": "its shipped scheduler",
+            "ChromaPipeline": "flow-matching Euler", "WanPipeline": "its shipped scheduler (UniPC)",
+            "LTXPipeline": "flow-matching Euler", "CogVideoXPipeline": "its shipped DDIM"}
+SAMPLER_FAMILIES = (SD, SDXL)
 # Run folders start with the family's short name.
-RUN_PREFIXES = {SD: "SD", SDXL: "SDXL", SD3: "SD3", FLUX: "Flux", DIT: "DiT"}
-# Call arguments of the tiny pipelines: Flux's default image size is 1024 pixels and its T5 reads 512
-# tokens; the tiny one is 16x16 with 16 tokens.
-TINY_CALL_ARGUMENTS = {"tiny-flux": dict(height=16, width=16, max_sequence_length=16)}
-MODEL_HELP = ("a text-to-image pipeline by hub id or local directory: Stable Diffusion 1.x/2.x (DDIM), SDXL (Euler), "
-              "SD3 or Flux (flow matching), detected from its model_index.json; 'tiny', 'tiny-sdxl', 'tiny-sd3', "
-              "'tiny-flux' build tiny random-weight pipelines offline")
+RUN_PREFIXES = {SD: "SD", SDXL: "SDXL", SD3: "SD3", FLUX: "Flux", DIT: "DiT", "PixArtSigmaPipeline": "PixArt",
+                "SanaPipeline": "Sana", "ChromaPipeline": "Chroma", "WanPipeline": "Wan", "LTXPipeline": "LTX",
+                "CogVideoXPipeline": "CogVideoX"}
+# What the tiny pipelines are called with: the video and newer image pipelines' own defaults are full-size.
+TINY_CALLS = {"tiny-wan": "video", "tiny-wan22": "video", "tiny-ltx": "video", "tiny-cogvideox": "video",
+              "tiny-pixart": "image", "tiny-sana": "image"}
+MODEL_HELP = ("a text-to-image or text-to-video pipeline by hub id or local directory: Stable Diffusion 1.x/2.x "
+              "(DDIM), SDXL (Euler), SD3, Flux, PixArt-Sigma, Sana, Chroma, Wan, LTX-Video or CogVideoX, detected "
+              "from its model_index.json; 'tiny', 'tiny-sdxl', 'tiny-sd3', 'tiny-flux', 'tiny-pixart', 'tiny-chroma', "
+              "'tiny-wan', 'tiny-ltx', 'tiny-cogvideox' build tiny random-weight pipelines offline")
 
 
 def _model_path(model_path: str, own_tiny: str) -> str:
@@ -57,11 +66,11 @@ def check_text_to_image_flags(name: str | None, *, eta: float, negative_prompt: 
     """
     if name is None:
         return
-    if name not in TEXT_TO_IMAGE:
+    if name not in SCRIPT_FAMILIES:
         hint = " (use parallel_dit.py for DiT)" if name == DIT else ""
         raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; supported: "
-                         f"{', '.join(TEXT_TO_IMAGE)}")
-    if sampler is not None and name in (SD3, FLUX):
+                         f"{', '.join(SCRIPT_FAMILIES)}")
+    if sampler is not None and name not in SAMPLER_FAMILIES:
         raise UsageError(f"--sampler: a {name} samples with {SAMPLERS[name]}, the scheduler it ships; "
                          f"drop --sampler (got {sampler})")
     ddim = sampler == "ddim" or (sampler is None and name == SD)
@@ -81,29 +90,31 @@ def check_dit_family(name: str | None) -> None:
         UsageError: a pipeline other than a ``DiTPipeline``.
     """
     if name is not None and name != DIT:
-        hint = " (use parallel_sd.py for text-to-image pipelines)" if name in TEXT_TO_IMAGE else ""
+        hint = " (use parallel_sd.py for text-to-image and text-to-video pipelines)" if name in SCRIPT_FAMILIES else ""
         raise UsageError(f"--model_path: a {name} is not supported by this script{hint}; it runs a {DIT}")
 
 
-def _runner(model_path: str, pipe: Any, max_batch_size: int, sampler: str | None, **adapter_options: Any) -> Any:
+def _runner(model_path: str, pipe: Any, max_batch_size: int, sampler: str | None,
+            call_arguments: dict[str, Any] | None = None, **adapter_options: Any) -> Any:
     from paratAA.pipelines.base import UnsupportedPipelineError
     from paratAA.pipelines.runner import PipelineRunner
 
     try:
         return PipelineRunner(pipe, model_path, max_batch_size=max_batch_size, sampler=sampler,
-                              call_arguments=TINY_CALL_ARGUMENTS.get(model_path), **adapter_options)
+                              call_arguments=call_arguments, **adapter_options)
     except UnsupportedPipelineError as error:  # e.g. an SDXL directory shipping a scheduler that is not supported
         raise ModelLoadError(f"model_path: {error}") from error
 
 
-def load_text_to_image(model_path: str, device: Any = "cpu", fp16: bool = False, *, eta: float = 0.0,
+def load_text_to_image(model_path: str, device: Any = "cpu", dtype: str = "float32", *, eta: float = 0.0,
                        negative_prompt: str = "", sampler: str | None = None, max_batch_size: int = 64) -> Any:
     """Load ``model_path`` as ``parallel_sd*.py``'s runner, after checking the flags that depend on its family.
 
     Args:
         model_path: ``tiny`` / ``tiny-sdxl`` / ``tiny-sd3`` / ``tiny-flux``, a hub id or a local
             diffusers pipeline directory.
-        device, fp16, max_batch_size: where and how the network runs.
+        device, dtype, max_batch_size: where and how the network runs (``dtype``: ``"float32"``,
+            ``"float16"`` or ``"bfloat16"``).
         eta, negative_prompt, sampler: the script's flags, checked against the family (``sampler``:
             ``paratAA.pipelines.runner.use_sampler``).
 
@@ -118,18 +129,30 @@ def load_text_to_image(model_path: str, device: Any = "cpu", fp16: bool = False,
     def check(name: str) -> None:
         check_text_to_image_flags(name, eta=eta, negative_prompt=negative_prompt, sampler=sampler)
 
-    pipe = load_pipeline(path, device, fp16, check=check)
-    return _runner(path, pipe, max_batch_size, sampler)
+    pipe = load_pipeline(path, device, dtype, check=check)
+    return _runner(path, pipe, max_batch_size, sampler, call_arguments=_tiny_call(path))
 
 
-def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", fp16: bool = False, *,
+def _tiny_call(model_path: str) -> dict[str, Any] | None:
+    """The frame count and size a tiny video or newer image pipeline is called with (None: its defaults)."""
+    kind = TINY_CALLS.get(model_path)
+    if kind is None:
+        return None
+    if kind == "video":
+        from paratAA.pipelines.tiny_video import TINY_VIDEO_CALL as calls
+    else:
+        from paratAA.pipelines.tiny_image2 import TINY_IMAGE2_CALL as calls
+    return dict(calls[model_path.removeprefix(TINY_PREFIX)])
+
+
+def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", dtype: str = "float32", *,
              guidance: str = "all", sampler: str | None = None, max_batch_size: int = 64) -> Any:
     """Load ``model_path`` as ``parallel_dit.py``'s runner (``tiny``, ``digits``, a hub id, a pipeline or
     transformer directory, an original ``.pt`` checkpoint; see ``paratAA.pipelines.loading``).
 
     Args:
         model_path, vae_path: the model and, optionally, the VAE replacing its own.
-        device, fp16, max_batch_size: where and how the network runs.
+        device, dtype, max_batch_size: where and how the network runs (as ``load_text_to_image``).
         guidance: DiT's guidance rule (``"all"``, ``"original"``; ``paratAA.pipelines.DiTAdapter``).
         sampler: ``"ddim"`` (None: the default) or ``"dpm++2m"`` (``paratAA.pipelines.runner.use_sampler``).
 
@@ -140,5 +163,5 @@ def load_dit(model_path: str, vae_path: str | None = None, device: Any = "cpu", 
         ModelLoadError: the location cannot be loaded; UsageError: not a DiT.
     """
     path = _model_path(model_path, "dit")
-    pipe = load_pipeline(path, device, fp16, vae_path=vae_path, check=check_dit_family)
+    pipe = load_pipeline(path, device, dtype, vae_path=vae_path, check=check_dit_family)
     return _runner(path, pipe, max_batch_size, sampler, guidance=guidance)

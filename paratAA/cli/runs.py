@@ -10,7 +10,11 @@ One run writes one new folder under ``--output_path`` (never reusing an existing
                                    one per iteration in which sample k was still being solved
     <run>/sample_<k>/evolution.gif the step images as an animation, one frame each, with a progress strip
     <run>/sample_<k>/final.png     the decoded final sample
-    <run>/contact_sheet.png        every step image at once: row k = sample k, column j = step_<j>
+    <run>/sample_<k>/clip.gif      a video sample's final clip (its step and final images are frame strips)
+    <run>/contact_sheet.png        every step image at once (of a video, its middle frame): row k = sample k
+                                   (labelled with its class or prompt and seed), column j = step_<j>
+                                   (labelled); a sample that converged early repeats its final image,
+                                   dimmed and marked "done"
 
 Images are saved at the model's resolution; the GIF and the contact sheet, which are for looking
 at, enlarge small images (pixel-space models of 16x16) to at least ``VIEW_SIZE`` pixels.
@@ -37,12 +41,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from paratAA import EpsFn, NonFiniteError, Schedule, solve
-from paratAA.cli import Interrupted, RunAborted, signals_deferred, signals_ignored, user_errors
+from paratAA import EpsFn, Schedule, SolverOptions, solve
+from paratAA.cli.images import contact_sheet, enlarged, frame_strip, gif_frame, middle_frame, sample_label, save_clip
+from paratAA.cli.process import signals_deferred, signals_ignored, user_errors
+from paratAA.errors import Interrupted, NonFiniteError, RunAborted, first_line
 
 if TYPE_CHECKING:
     from paratAA import IterationRecord, SolveResult
@@ -54,32 +60,20 @@ PSNR_CAP_DB = 100.0
 GIF_FRAME_MS = 250
 GIF_LAST_FRAME_MS = 1500
 RUNNING, COMPLETED, INTERRUPTED, FAILED = "running", "completed", "interrupted", "failed"
-VIEW_SIZE = 96  # smallest side of images in the GIF and the contact sheet
-SHEET_GAP = 2
 
 
-def enlarged(image: Image.Image, min_size: int = VIEW_SIZE) -> Image.Image:
-    """``image`` scaled up by a whole factor (nearest neighbour) until its smaller side is >= ``min_size``."""
-    factor = max(1, -(-min_size // min(image.size)))
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+def run_name(family: str, sampler: str | None, num_steps: int, options: SolverOptions, seed: int,
+             variation_steps: int | None = None) -> str:
+    """A run folder's name from its key settings: ``<family>[-<sampler>][-winit]-T<T>[-v<V>]-w<W>-o<K>-m<M>-seed<S>``.
 
-
-def contact_sheet(rows: Sequence[Sequence[Image.Image]], min_size: int = VIEW_SIZE) -> Image.Image:
-    """One picture of a grid of images: ``rows[r][c]`` at row r, column c, on white.
-
-    Rows may have different lengths (a sample that finished early has fewer iterations). Images are
-    enlarged like ``enlarged`` and separated by a small gap.
+    ``options`` are those in force (window capped at T, order a number: ``SolverOptions.resolved``);
+    ``sampler`` is an explicit ``--sampler`` (``"dpm++2m"`` -> ``-dpm2m``); ``variation_steps`` marks a warm start.
     """
-    cells = [[enlarged(image.convert("RGB"), min_size) for image in row] for row in rows]
-    width = max(image.width for row in cells for image in row)
-    height = max(image.height for row in cells for image in row)
-    columns = max(len(row) for row in cells)
-    sheet = Image.new("RGB", (columns * (width + SHEET_GAP) - SHEET_GAP, len(cells) * (height + SHEET_GAP) - SHEET_GAP),
-                      "white")
-    for r, row in enumerate(cells):
-        for c, image in enumerate(row):
-            sheet.paste(image, (c * (width + SHEET_GAP), r * (height + SHEET_GAP)))
-    return sheet
+    tag = "" if sampler is None else "-" + sampler.replace("++", "")
+    warm = "" if variation_steps is None else "-winit"
+    variation = "" if variation_steps is None else f"-v{variation_steps}"
+    return (f"{family}{tag}{warm}-T{num_steps}{variation}-w{options.window_size}-o{options.order}"
+            f"-m{options.memory_size}-seed{seed}")
 
 
 def create_run_dir(output_path: str | Path, name: str) -> Path:
@@ -226,8 +220,10 @@ def compare_with_sequential(
         sequential_seconds: wall-clock time of the sequential sampler (whole batch).
 
     Returns:
-        One dict per sample with ``sequential_max_abs_diff``, ``sequential_psnr_db`` and
-        ``sequential_seconds`` (the batch's time: every sample was ready at its end).
+        One dict per sample with ``sequential_max_abs_diff``, ``sequential_relative_diff`` (the
+        same divided by the sequential sample's largest absolute entry), ``sequential_psnr_db``
+        (``PSNR_CAP_DB`` when the 8-bit images are identical) and ``sequential_seconds`` (the
+        batch's time: every sample was ready at its end).
 
     Raises:
         NonFiniteError: the sequential sampler's result holds NaN or inf.
@@ -239,6 +235,8 @@ def compare_with_sequential(
     return [
         {
             "sequential_max_abs_diff": float((parallel[k] - sequential[k]).abs().max()),
+            "sequential_relative_diff": float((parallel[k] - sequential[k]).abs().max()
+                                              / sequential[k].abs().max().clamp_min(1e-30)),
             "sequential_psnr_db": psnr_db(images_p[k], images_s[k]),
             "sequential_seconds": sequential_seconds,
         }
@@ -246,8 +244,55 @@ def compare_with_sequential(
     ]
 
 
+def speed_line(seconds: float, sequential_seconds: float, *, predicted: bool = False, device: str | None = None,
+               measure_seconds: float = 0.0) -> str:
+    """One line comparing the solve's wall-clock with the sequential sampler's.
+
+    E.g. ``"2.3x faster than sequential on this GPU (1.20 s against 2.76 s)"`` or ``"3.5x slower than
+    sequential on this CPU (5.70 s against 1.63 s)"``; ``predicted``: the sequential time is the
+    planner's prediction, not a measurement; ``measure_seconds``: time the planner spent measuring
+    the network's cost (not in ``seconds``).
+    """
+    where = f" on this {device}" if device else ""
+    basis = " predicted" if predicted else ""
+    extra = f"; {measure_seconds:.2f} s more measuring the network's cost" if measure_seconds > 0 else ""
+    numbers = f"({seconds:.2f} s against {sequential_seconds:.2f} s{basis} sequential{extra})"
+    if seconds <= 0 or sequential_seconds <= 0:
+        return f"speed against sequential unknown {numbers}"
+    ratio = sequential_seconds / seconds
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster than sequential{where} {numbers}"
+    return f"{1 / ratio:.1f}x slower than sequential{where} {numbers}"
+
+
+def speed_fields(result: SolveResult, device_type: str, sequential_seconds: float | None = None) -> dict[str, Any]:
+    """Summary fields on speed: the network's and the solver's seconds, the sequential time (measured with
+    ``--check_sequential``, else the planner's prediction when ``window_size="auto"`` ran), the ratio and
+    its ``"speed"`` line; ``"planner"`` with the plan when there was one."""
+    device = {"cpu": "CPU", "cuda": "GPU", "mps": "GPU", "xpu": "XPU"}.get(device_type, device_type)
+    plan = result.plan
+    fields: dict[str, Any] = {"method": result.method, "network_seconds": result.network_seconds,
+                              "solver_seconds": result.solver_seconds}
+    measure = plan.measure_seconds if plan is not None else 0.0
+    if plan is not None:
+        fields["planner"] = plan.as_dict()
+    if result.method == "sequential":
+        fields["speed"] = plan.message() if plan is not None else "ran the sequential sampler"
+        return fields
+    source = "measured" if sequential_seconds is not None else ("predicted" if result.sequential_seconds else None)
+    reference = sequential_seconds if sequential_seconds is not None else result.sequential_seconds
+    if reference is None:
+        return fields
+    fields.update({"sequential_seconds": reference, "sequential_source": source,
+                   "speedup": reference / result.seconds if result.seconds > 0 else None,
+                   "speed": speed_line(result.seconds, reference, predicted=source == "predicted", device=device,
+                                       measure_seconds=measure)})
+    return fields
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """Human-readable lines of a summary: per sample, its iterations against the steps it solved."""
+    """Human-readable lines of a summary: per sample, its iterations against the steps it solved; then the
+    speed against the sequential sampler when known (``speed_fields``)."""
     lines = []
     for sample in summary["samples"]:
         line = (f"sample {sample['sample']}: {sample['iterations']} parallel iterations for "
@@ -255,9 +300,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                 f"{sample['seconds']:.2f} s"
                 f"{'' if sample['converged'] else ', stopped by --max_steps before converging'})")
         if "sequential_max_abs_diff" in sample:
-            line += (f"; vs sequential: max |diff| {sample['sequential_max_abs_diff']:.2e}, "
-                     f"PSNR {sample['sequential_psnr_db']:.1f} dB")
+            line += (f"; vs sequential: max |diff| {sample['sequential_max_abs_diff']:.2e} "
+                     f"({sample['sequential_relative_diff']:.1e} of the sample's largest entry), "
+                     + ("decoded 8-bit images identical" if sample["sequential_psnr_db"] >= PSNR_CAP_DB
+                        else f"decoded images' PSNR {sample['sequential_psnr_db']:.1f} dB"))
         lines.append(line)
+    if summary.get("speed"):
+        lines.append(summary["speed"])
     return lines
 
 
@@ -265,7 +314,7 @@ def run_solve(
     eps_fn: EpsFn,
     schedule: Schedule,
     noise: torch.Tensor,
-    options: dict[str, Any],
+    options: SolverOptions,
     run: RunFolder,
     decode: Decode,
     sample_info: Sequence[dict[str, Any]],
@@ -282,7 +331,7 @@ def run_solve(
 
     Args:
         eps_fn, schedule, noise, init_trajectory, variation_steps: as for ``paratAA.solve``.
-        options: the solver's settings (``paratAA.cli.solver_options``).
+        options: the solver's options (``paratAA.cli.session.start``'s).
         run: the run's folder (its ``path`` is None on processes that do not write).
         decode, save_steps, description: see ``RunRecorder``.
         sample_info: per-sample fields for the summary.
@@ -308,21 +357,22 @@ def run_solve(
                                          description, {"num_steps": num_steps, "solved_steps": solved_steps,
                                                        **(extra or {})}))
     with user_errors(ValueError):
-        result = solve(eps_fn, schedule, noise, **options, init_trajectory=init_trajectory,
+        result = solve(eps_fn, schedule, noise, options, init_trajectory=init_trajectory,
                        variation_steps=variation_steps,
                        callback=recorder.on_iteration if recorder is not None else None)
     if recorder is None:
         return result, None
     recorder.finish(result)
     if sequential_fn is None:
-        return result, recorder.complete()
+        return result, recorder.complete(speed_fields(result, noise.device.type))
     start = time.perf_counter()
     reference = sequential_fn()
     seconds = time.perf_counter() - start
     comparisons = compare_with_sequential(result.samples, reference, decode, seconds)
     return result, recorder.complete(
         {"sequential_max_abs_diff": max(c["sequential_max_abs_diff"] for c in comparisons),
-         "sequential_psnr_db": min(c["sequential_psnr_db"] for c in comparisons), "sequential_seconds": seconds},
+         "sequential_psnr_db": min(c["sequential_psnr_db"] for c in comparisons), "sequential_seconds": seconds,
+         **speed_fields(result, noise.device.type, seconds)},
         comparisons)
 
 
@@ -369,9 +419,11 @@ class RunRecorder:
         self.extra = dict(extra or {})
         self.status = RUNNING
         self.records: list[IterationRecord] = []
+        self._stop_reasons: list[str] | None = None  # SolveResult.stop_reasons, once the solve has ended
         self.summary = self._summary()
         self.num_samples = start_x0.shape[0]
         self._steps_saved = [0] * self.num_samples
+        self._middle_frames: list[list[Image.Image]] = [[] for _ in range(self.num_samples)]  # videos only
         self._solved_steps = solved_steps
         self._metrics = (run_dir / "metrics.jsonl").open("w")
         write_status(run_dir, RUNNING, self.summary)
@@ -387,6 +439,9 @@ class RunRecorder:
 
     def _summary(self, per_sample: Sequence[dict[str, Any]] | None = None, seconds: float | None = None,
                  **fields: Any) -> dict[str, Any]:
+        if self._stop_reasons is not None:  # the solve has ended: why each sample stopped (SolveResult.stop_reasons)
+            per_sample = [{"stop_reason": reason, **(per_sample[k] if per_sample else {})}
+                          for k, reason in enumerate(self._stop_reasons)]
         return {**solve_summary(self.records, self.sample_info, per_sample, seconds), **self.extra, **fields}
 
     def _save_steps(self, x0: torch.Tensor, samples: Sequence[int]) -> None:
@@ -394,6 +449,9 @@ class RunRecorder:
             return
         images = self.decode(x0[list(samples)].float().cpu())
         for k, image in zip(samples, images):
+            if isinstance(image, list):  # a video: its frames as a strip; the sheet shows the middle frame
+                self._middle_frames[k].append(middle_frame(image))
+                image = frame_strip(image)
             image.save(self.sample_dir(k) / f"step_{self._steps_saved[k]}.png")
             self._steps_saved[k] += 1
 
@@ -423,14 +481,22 @@ class RunRecorder:
         self._close()
         samples = result.samples.detach().cpu()
         for k, image in enumerate(self.decode(samples.float())):
+            if isinstance(image, list):  # a video: the final clip as a GIF, its frames as a strip
+                save_clip(image, self.sample_dir(k) / "clip.gif")
+                image = frame_strip(image)
             image.save(self.sample_dir(k) / "final.png")
             if self.save_steps:
                 self._write_gif(k)
         if self.save_steps:
-            contact_sheet([self._step_images(k) for k in range(self.num_samples)]).save(
+            columns = max(self._steps_saved)
+            cells = [self._middle_frames[k] or self._step_images(k) for k in range(self.num_samples)]
+            contact_sheet(cells,
+                          row_labels=[sample_label(info) for info in self.sample_info],
+                          column_labels=["start"] + [f"it {j}" for j in range(1, columns)]).save(
                 self.run_dir / "contact_sheet.png")
         save_file({"samples": samples.double().contiguous()}, str(self.run_dir / "latents.safetensors"))
         self.records = list(result.records)
+        self._stop_reasons = list(result.stop_reasons)
         self.summary = self._summary(seconds=result.seconds)
         write_status(self.run_dir, RUNNING, self.summary)
 
@@ -468,23 +534,6 @@ class RunRecorder:
                        duration=durations, loop=0)
 
 
-def gif_frame(image: Image.Image, index: int, count: int) -> Image.Image:
-    """``image`` above a progress strip showing frame ``index`` of ``count``.
-
-    Pillow drops a GIF frame equal to the one before it (merging their durations), and a converged
-    sample's last step images are often identical; the strip makes consecutive frames differ, so
-    the GIF keeps one frame per step image: its length grows with ``index`` and its shade
-    alternates (for more frames than the image has columns).
-    """
-    strip = max(2, image.height // 32)
-    frame = Image.new("RGB", (image.width, image.height + strip))
-    frame.paste(image.convert("RGB"), (0, 0))
-    length = max(1, round(image.width * (index + 1) / count))
-    shade = 255 if index % 2 == 0 else 160
-    ImageDraw.Draw(frame).rectangle([0, image.height, length - 1, image.height + strip - 1], fill=(shade,) * 3)
-    return frame
-
-
 class RunFolder:
     """A run's folder, whose ``summary.json`` always says how the run ended.
 
@@ -498,11 +547,12 @@ class RunFolder:
     Args:
         output_path: the parent folder, or None.
         name: the run's name (see ``create_run_dir``).
-        fp16: the network runs in float16: a ``NonFiniteError`` then suggests trying without ``--fp16``.
+        half_precision: the network runs in float16 or bfloat16: a ``NonFiniteError`` then suggests
+            ``--dtype float32``.
     """
 
-    def __init__(self, output_path: str | Path | None, name: str, *, fp16: bool = False):
-        self._output_path, self._name, self._fp16 = output_path, name, fp16
+    def __init__(self, output_path: str | Path | None, name: str, *, half_precision: bool = False):
+        self._output_path, self._name, self._half_precision = output_path, name, half_precision
         self.path: Path | None = None
         self.fields: dict[str, Any] = {}  # the folder's own summary so far (when no recorder writes into it)
         self.recorders: list[RunRecorder] = []
@@ -529,14 +579,14 @@ class RunFolder:
         if error is None or not isinstance(error, (Exception, KeyboardInterrupt, Interrupted)):
             return False
         cause = error
-        if self._fp16 and isinstance(error, NonFiniteError):
-            cause = NonFiniteError(f"{error} (with --fp16, try without it)")
+        if self._half_precision and isinstance(error, NonFiniteError):
+            cause = NonFiniteError(f"{error} (the network runs in half precision: try --dtype float32)")
         if self.path is None:
             if cause is error:
                 return False
             raise cause from error
         status = INTERRUPTED if isinstance(cause, (KeyboardInterrupt, Interrupted)) else FAILED
-        line = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        line = first_line(cause, "")
         message = f"{type(cause).__name__}: {line}" if line else type(cause).__name__
         with signals_ignored():  # marking the folder must not be cut short by a second Ctrl-C
             for recorder in self.recorders:
