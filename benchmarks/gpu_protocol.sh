@@ -3,21 +3,22 @@
 #
 #   bash benchmarks/gpu_protocol.sh            # results and logs in $OUT (default: benchmarks/results)
 #
-# 1. The entry scripts on CUDA, against diffusers' sequential samplers (float32 and float16): the trained
-#    digits DiT and the tiny SD3 / Flux / SDXL pipelines. Exactness on the device, not speed.
-# 2. benchmarks/gpu_timing.py: full-size DiT-XL/2, SD 1.5 UNet, SD3-medium and FLUX.1-dev networks
-#    (random weights, fp16), step vs parallel-iteration time per window, the solver's own time, and the
-#    speed-ups implied at matched accuracy (max diff 1e-3) for the default method and ParaDiGMS.
+# 1. The entry scripts on CUDA, against diffusers' sequential samplers: the trained digits DiT in float32,
+#    float16 and bfloat16, and the tiny SD3 / Flux / SDXL / Wan pipelines. Exactness on the device, not speed.
+# 2. benchmarks/gpu_timing.py: full-size DiT-XL/2, SD 1.5 UNet, SD3-medium and FLUX.1-dev networks (fp16)
+#    and the Wan 2.1 1.3B transformer (bf16), random weights: step vs parallel-iteration time per window,
+#    the solver's own time, and the speed-ups implied at matched accuracy (max diff 1e-3) for the default
+#    method and ParaDiGMS.
 #
-# On the lent device machine diffusers is missing: carry it as wheels in .whl (../shared/ENVIRONMENT.md);
+# On the lent device machine diffusers is missing: carry it as wheels in .whl (the device tool's README);
 # they are installed to /tmp/site first when present. DEVICE=cpu smoke-tests this script on a CPU (tiny
-# networks, no float16): the numbers then mean nothing.
+# networks): the numbers then mean nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
 mkdir -p "$OUT"
 DEVICE="${DEVICE:-cuda}"
-if [ "$DEVICE" = cpu ]; then fp16=(); timing=(--device cpu --tiny --repeats 1); else fp16=(--fp16); timing=(); fi
+if [ "$DEVICE" = cpu ]; then timing=(--device cpu --tiny --repeats 1); else timing=(); fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -30,11 +31,11 @@ fi
 
 runs="$(mktemp -d)"
 {
-    for precision in "" "${fp16[@]}"; do
+    for dtype in float32 float16 bfloat16; do
         python3 parallel_dit.py --model_path digits --class_labels 0 1 2 3 4 5 6 7 8 9 --timesteps 50 \
-            --device "$DEVICE" $precision --check_sequential --output_path "$runs"
+            --device "$DEVICE" --dtype "$dtype" --check_sequential --output_path "$runs"
     done
-    for model in tiny-sd3 tiny-flux tiny-sdxl; do
+    for model in tiny-sd3 tiny-flux tiny-sdxl tiny-wan; do
         python3 parallel_sd.py --model_path "$model" --device "$DEVICE" --num_samples 2 --timesteps 28 \
             --check_sequential --prompt "a red cube" --output_path "$runs"
     done

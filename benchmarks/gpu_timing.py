@@ -1,4 +1,4 @@
-"""GPU timing of full-size DiT-XL/2, SD 1.5, SD3 and Flux networks (random weights, fp16): what a parallel iteration costs.
+"""GPU timing of full-size DiT-XL/2, SD 1.5, SD3, Flux (fp16), Wan 1.3B (bf16) networks: what an iteration costs.
 
 For each model: seconds per sequential step (network batch = guidance rows x samples) against
 seconds per parallel iteration (batch = window x guidance rows x samples) for each window, the
@@ -27,7 +27,10 @@ DiT-XL/2 = ``DiTTransformer2DModel`` (28 layers, hidden 1152 = 16 heads x 72, pa
 ``SD3Transformer2DModel`` (24 layers, 24 heads x 64, patch 2, 16-channel 128 x 128 latents = 1024
 pixels, joint attention 4096 over 77 + 256 text tokens, pooled 2048), classifier-free guidance;
 FLUX.1-dev = ``FluxTransformer2DModel`` (19 + 38 layers, 24 heads x 128, packed 64-channel 4096
-tokens = 1024 pixels, 512 T5 tokens, pooled 768, embedded guidance: one row per sample).
+tokens = 1024 pixels, 512 T5 tokens, pooled 768, embedded guidance: one row per sample); Wan 2.1 1.3B =
+``WanTransformer3DModel`` (30 layers, 12 heads x 128, patch 1x2x2, 16-channel 21 x 60 x 104 latents =
+81 frames of 480 x 832, 512 UMT5 tokens, in bfloat16 as it ships), classifier-free guidance, with the
+iteration counts of UniPC in Wan's 50-step flow setting.
 
 Usage (one self-contained command, a few minutes on one H100/H200)::
 
@@ -72,6 +75,15 @@ FLUX_DEV = dict(in_channels=64, num_layers=19, num_single_layers=38, attention_h
                 joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
 FLUX_TINY = dict(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
                  joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+# Wan 2.1 T2V 1.3B (its transformer config): 480x832, 81 frames -> 16-channel latents of 21 frames x 60 x 104.
+WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_LATENT = (16, 21, 60, 104)
+WAN_TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, cross_attn_norm=True,
+                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=32)
+WAN_TEXT_TOKENS = 512  # Wan's UMT5 max_sequence_length
 TEXT_TOKENS = 77
 SD3_TEXT_TOKENS = 77 + 256  # CLIP tokens and SD3's default max_sequence_length of T5 tokens
 FLUX_TEXT_TOKENS = 512  # FLUX.1-dev's T5 max_sequence_length
@@ -85,12 +97,14 @@ class ModelSpec:
     label: str
     samplers: tuple[str, ...]  # the accuracy sweeps' sampler names: "ddim", "ddpm", "dpm", "flow"
     guidance_rows: int  # network rows per sample and step: 2 with classifier-free guidance, 1 for Flux-dev
+    dtype: str | None = None  # the precision it ships in, if not the run's float16 (Wan: bfloat16)
 
 
 MODELS = {"dit": ModelSpec("DiT-XL/2", ("ddim", "ddpm", "dpm"), 2),
           "sd": ModelSpec("SD 1.5 UNet", ("ddim", "ddpm", "dpm"), 2),
           "sd3": ModelSpec("SD3-medium transformer 1024px", ("flow",), 2),
-          "flux": ModelSpec("FLUX.1-dev transformer 1024px", ("flow",), 1)}
+          "flux": ModelSpec("FLUX.1-dev transformer 1024px", ("flow",), 1),
+          "wan": ModelSpec("Wan 2.1 1.3B transformer 480x832x81", ("unipc-flow",), 2, "bfloat16")}
 
 
 def build_network(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype) -> tuple[Callable, tuple[int, ...]]:
@@ -101,7 +115,13 @@ def build_network(kind: str, tiny: bool, device: torch.device, dtype: torch.dtyp
         tiny: the tiny configuration instead of the full-size one.
         device, dtype: where and in which precision it runs.
     """
-    from diffusers import DiTTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+    from diffusers import (
+        DiTTransformer2DModel,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+        WanTransformer3DModel,
+    )
 
     with torch.device(device):  # initialise on the device: full-size CPU initialisation takes minutes
         if kind == "dit":
@@ -134,6 +154,15 @@ def build_network(kind: str, tiny: bool, device: torch.device, dtype: torch.dtyp
                 pooled = torch.zeros(n, config["pooled_projection_dim"], dtype=x.dtype, device=x.device)
                 return model(hidden_states=x, timestep=t.to(x.dtype), encoder_hidden_states=text,
                              pooled_projections=pooled).sample
+        elif kind == "wan":
+            config = WAN_TINY if tiny else WAN_1_3B
+            model = WanTransformer3DModel(**config).to(dtype).eval()
+            latent = (4, 2, 4, 4) if tiny else WAN_LATENT
+            tokens = 6 if tiny else WAN_TEXT_TOKENS
+
+            def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                text = torch.zeros(x.shape[0], tokens, config["text_dim"], dtype=x.dtype, device=x.device)
+                return model(hidden_states=x, timestep=t, encoder_hidden_states=text).sample
         else:
             config = FLUX_TINY if tiny else FLUX_DEV
             model = FluxTransformer2DModel(**config).to(dtype).eval()
@@ -225,6 +254,8 @@ def time_model(kind: str, args: argparse.Namespace, device: torch.device, dtype:
     from benchmarks.solver_overhead import measure
 
     spec = MODELS[kind]
+    if spec.dtype is not None and device.type == "cuda":
+        dtype = getattr(torch, spec.dtype)
     forward, latent = build_network(kind, args.tiny, device, dtype)
     rows_per_sample = spec.guidance_rows * args.samples
     step = time_batch(forward, latent, rows_per_sample, device, dtype, args.repeats)
@@ -258,7 +289,7 @@ def time_model(kind: str, args: argparse.Namespace, device: torch.device, dtype:
     del forward
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return dict(model=kind, config="tiny " + kind if args.tiny else spec.label,
+    return dict(model=kind, config="tiny " + kind if args.tiny else spec.label, dtype=str(dtype),
                 latent=list(latent), samples=args.samples, guidance_rows=rows_per_sample,
                 sequential_step_seconds=step, windows=entries)
 

@@ -8,11 +8,13 @@ evaluated at ``x[p+1]`` and ``g[p] = b[p] * out_p + c[p] * z[p]``. Then
     order K:      F^K_i(X) = A(i, u-1) x[u] + sum_{p=i}^{u-1} A(i, p-1) g[p],   u = min(i + K, hi)
 
 with ``A(i, j) = a[i] a[i+1] ... a[j]`` (``A(i, i-1) = 1``). A multistep sampler's ``g[p]`` also holds
-``a2[p] x[p+2] + b2[p] out_{p+1}`` (``paratAA.schedule``; ``SampleStrategy.step_offsets``): every map
-below takes ``g`` as given, so each form keeps its fixed point, the sampler's trajectory.
+its level terms ``sum_l a_l[p] x[p+1+l] + b_l[p] out_{p+l}`` (``paratAA.schedule``, any number of
+levels; ``SampleStrategy.step_offsets``): every map below takes ``g`` as given, so each form keeps
+its fixed point, the sampler's trajectory.
 
 The order-K map unrolls the recurrence K steps: it has the same fixed point (the sequential
-trajectory) and propagates a correction K steps per iteration instead of one. ``K >= hi - lo`` anchors every unknown on ``x[hi]``.
+trajectory) and propagates a correction K steps per iteration instead of one. ``K >= hi - lo`` anchors
+every unknown on ``x[hi]``.
 
 That is the paper's ("affine") form: it composes the linear part ``a`` exactly but holds the
 network term at the old iterate. ``increment_map`` is the other natural form with the same fixed
@@ -39,10 +41,11 @@ from __future__ import annotations
 
 import torch
 
+from paratAA.options import MAP_FORMS  # the forms of the order-K equations (module docstring)
+
 __all__ = ["MAP_FORMS", "carried_map", "first_order_residual", "increment_map", "order_k_map", "rms", "secant_carry",
            "step_offset"]
 
-MAP_FORMS = ("affine", "increment", "secant")  # the forms of the order-K equations (module docstring)
 
 SECANT_CLAMP = (0.5, 1.5)  # the secant form's carry factors stay in this range (diffusion steps are near 1)
 # Above this spread of the partial products of ``a`` the prefix-sum form loses precision.

@@ -4,7 +4,8 @@ A parallel solve holds, in float64 (8 bytes per latent entry), per sample:
 
 - the noise and the trajectory: ``2 (T+1)`` latents (the noise ``(B, T+1, *latent)`` is the
   caller's, the trajectory the solver's; a warm start keeps one more trajectory, and so does a
-  multistep sampler's store of every step's network output, ``T`` latents);
+  multistep sampler's store of every step's network output, ``T`` latents, whatever its number
+  of levels);
 - the Triangular Anderson history, with ``memory_size = m >= 2``: per window step the ``m - 1``
   differences of iterates and of residuals plus the previous iterate and residual, ``2 m`` latents
   (none with ``m = 1``);

@@ -101,3 +101,12 @@ def test_missing_set_timesteps_and_bad_eta_are_refused():
         Schedule.from_scheduler(scheduler, eta=-0.1)
     with pytest.raises(ScheduleError, match="eta"):
         Schedule.from_scheduler(scheduler, eta=5.0)
+
+
+def test_schedule_error_lives_in_errors_and_is_reexported():
+    import paratAA
+    import paratAA.errors
+    import paratAA.schedule
+
+    assert paratAA.schedule.ScheduleError is paratAA.errors.ScheduleError is paratAA.ScheduleError
+    assert issubclass(ScheduleError, ValueError)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from paratAA import Schedule, ScheduleError
 from paratAA.pipelines.defaults import DIT_DDIM, DIT_SCHEDULER_CONFIG
 from paratAA.pipelines.tiny import SD_SCHEDULER_CONFIG
-from paratAA import Schedule, ScheduleError
 
 CONFIGS = {
     # SD 1.5: leading spacing with steps_offset=1, as SDAdapter builds it.

@@ -22,6 +22,9 @@ The modules, each with one job:
   original DiT checkpoint, ``tiny*``, ``digits``) to a diffusers pipeline, failures as one-line
   ``ModelLoadError`` s.
 - ``tiny``: tiny random-weight pipelines of every family, offline; ``defaults``: default locations.
+- ``video`` (Wan 2.1/2.2, LTX-Video, HunyuanVideo, CogVideoX) and ``image_families`` (Qwen-Image,
+  Sana, PixArt-Sigma, Chroma, FLUX.1 Kontext): the adapters of the video and newer image families;
+  ``tiny_video``, ``tiny_image2``: their tiny pipelines (``tiny.tiny_pipeline("wan")``, ...).
 
 Only this package imports diffusers and transformers; its names are imported on first use, so that
 ``defaults``, ``locations`` and ``loading`` stay light for the scripts' flag parsing.
