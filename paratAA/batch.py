@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from paratAA.equations import step_offset
+from paratAA.options import INIT_RULES
+from paratAA.precision import FloorProbe
 from paratAA.schedule import Schedule
 from paratAA.validation import check_finite_state, checked_output, synchronize
 from paratAA.window import SlidingWindow
 
-__all__ = ["INIT_RULES", "BatchSolver", "EpsFn", "IterationRecord", "SampleStrategy", "SolveResult"]
+__all__ = ["INIT_RULES", "STOP_REASONS", "BatchSolver", "EpsFn", "IterationRecord", "SampleStrategy", "SolveResult"]
 
-INIT_RULES = ("copy", "denoised")  # how steps joining a window are initialised (SampleStrategy)
+STOP_REASONS = ("tolerance", "floor", "safeguard", "max_iters", "sequential")  # SolveResult.stop_reasons
+
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps_fn(x, steps, samples) -> out``: network output for each row.
@@ -81,6 +84,20 @@ class SolveResult:
         converged: every sample reached frontier 0 (False when ``max_iters`` stopped the solve).
         seconds: wall-clock of the whole solve.
         records: one ``IterationRecord`` per iteration (``x0`` dropped).
+        stop_reasons: per sample, why it stopped (``STOP_REASONS``): ``"tolerance"`` (every step
+            not made final by the safeguard met the tolerance), ``"floor"`` (some step was accepted
+            only within the network's residual floor, ``paratAA.precision``), ``"safeguard"`` (no
+            step was ever accepted by a test: the safeguard finished one step per iteration, i.e.
+            sequential sampling; a tolerance too tight for the network?), ``"max_iters"`` (stopped
+            unconverged) or ``"sequential"`` (``window_size="auto"`` ran the sequential sampler).
+        floors: float64 ``(B, T)``, each step's residual floor (``paratAA.precision``), or None
+            when none was measured (a float32 or float64 network).
+        method: ``"parallel"``, or ``"sequential"`` when ``window_size="auto"`` found no window
+            predicted to beat the sequential sampler and ran it (``paratAA.planner``).
+        plan: ``window_size="auto"``'s ``paratAA.planner.Plan`` (the window, the predictions, the
+            seconds spent measuring the network's cost); None otherwise.
+        sequential_seconds: the sequential sampler's wall-clock when known (``sequential_source``:
+            ``"measured"`` or ``"predicted"`` by the planner), else None.
     """
 
     trajectory: torch.Tensor
@@ -91,6 +108,29 @@ class SolveResult:
     converged: bool
     seconds: float
     records: list[IterationRecord] = field(default_factory=list)
+    stop_reasons: list[str] = field(default_factory=list)
+    floors: torch.Tensor | None = None
+    method: str = "parallel"
+    plan: Any = None
+    sequential_seconds: float | None = None
+    sequential_source: str | None = None
+
+    @property
+    def network_seconds(self) -> float:
+        """Seconds inside the network calls (sum of the records)."""
+        return sum(r.network_seconds for r in self.records)
+
+    @property
+    def solver_seconds(self) -> float:
+        """Seconds of the solver's own work (sum of the records)."""
+        return sum(r.solver_seconds for r in self.records)
+
+    @property
+    def speedup(self) -> float | None:
+        """``sequential_seconds / seconds`` (> 1: faster than sequential), or None when unknown."""
+        if self.sequential_seconds is None or not self.seconds > 0:
+            return None
+        return self.sequential_seconds / self.seconds
 
     @property
     def samples(self) -> torch.Tensor:
@@ -105,11 +145,12 @@ class SampleStrategy:
     ``(T+1, *latent)`` state), its noise ``z``, the schedule, the ``SlidingWindow`` and the
     counters. Subclasses implement ``update`` (and may extend ``_joined``, e.g. to reset a history).
 
-    A multistep sampler (``schedule.is_multistep``: step ``p`` also reads ``out_{p+1}``) keeps every
-    step's latest network output; the step just above the window, ``hi`` (final), is evaluated
-    with the window while its output is unknown (once after a warm start; after that, it was
-    evaluated when it was in the window). ``step_offsets`` then includes the multistep terms, so
-    the strategies' maps and residuals hold for both kinds of sampler.
+    A multistep sampler (``schedule.is_multistep``: with ``L`` levels, step ``p`` also reads
+    ``x[p+1+l]`` and ``out_{p+l}``, ``l = 1..L``) keeps every step's latest network output; the
+    final steps just above the window, ``hi .. hi+L-1``, are evaluated with the window while their
+    output is unknown (once after a warm start; after that, each was evaluated when it was in the
+    window): one more row per unknown level. ``step_offsets`` then includes the multistep terms,
+    so the strategies' maps and residuals hold for both kinds of sampler.
 
     Steps joining the window start from the lowest initialised latent ``x[f]``,
     ``f = window.initialized_from``, by one of two rules (``init``):
@@ -141,6 +182,11 @@ class SampleStrategy:
         self.window = SlidingWindow(window_size, frontier, initialized_from)
         self.iterations = 0
         self.evaluations = 0
+        # float64 (T,): the residual below which a step counts as converged whatever the tolerance
+        # (a half-precision network's floor, set by BatchSolver's probe); None: none.
+        self.floor: torch.Tensor | None = None
+        # How the steps became final: accepted by the tolerance, only within the floor, or by the safeguard.
+        self.final_by = {"tolerance": 0, "floor": 0, "safeguard": 0}
         num_steps = schedule.num_steps
         # Multistep samplers: every step's latest output, and whether it has one yet.
         self._outputs = torch.zeros_like(x[:num_steps]) if schedule.is_multistep else None
@@ -148,15 +194,20 @@ class SampleStrategy:
         self._join(range(*self.window.bounds))
 
     def network_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x[lo+1..hi], steps lo..hi-1)``: the rows this sample needs evaluated (a multistep
-        sampler's also ``(x[hi+1], hi)`` while step ``hi``'s output is unknown)."""
+        """``(x[lo+1..top], steps lo..top-1)``: the rows this sample needs evaluated, ``top = hi``
+        (a multistep sampler's up to the highest step of ``hi .. hi+L-1`` whose output is unknown)."""
         lo, hi = self.window.bounds
-        top = hi + 1 if self._needs_top_output() else hi
+        top = self._evaluated_top()
         return self.x[lo + 1:top + 1], torch.arange(lo, top, device=self.x.device)
 
-    def _needs_top_output(self) -> bool:
+    def _evaluated_top(self) -> int:
+        """One past the highest step to evaluate: ``hi``, or above it while a level's output is unknown."""
         _, hi = self.window.bounds
-        return self._outputs is not None and hi < self.schedule.num_steps and not bool(self._has_output[hi])
+        if self._outputs is None:
+            return hi
+        above = min(hi + self.schedule.num_levels, self.schedule.num_steps)
+        unknown = torch.nonzero(~self._has_output[hi:above]).flatten()
+        return hi + int(unknown.max()) + 1 if unknown.numel() else hi
 
     def receive(self, out: torch.Tensor) -> float:
         """Take the outputs for ``network_inputs()`` and ``update`` the window; return the max residual."""
@@ -164,7 +215,7 @@ class SampleStrategy:
         if self._outputs is not None:
             self._outputs[lo:lo + out.shape[0]] = out
             self._has_output[lo:lo + out.shape[0]] = True
-            self.evaluations += out.shape[0] - (hi - lo)  # the step above the window, when evaluated
+            self.evaluations += out.shape[0] - (hi - lo)  # the steps above the window, when evaluated
             out = out[:hi - lo]
         return self.update(out)
 
@@ -185,15 +236,16 @@ class SampleStrategy:
 
     def step_offsets(self, out: torch.Tensor) -> torch.Tensor:
         """``g[p] = b[p] out_p + c[p] z[p]`` of the window steps (``paratAA.equations``); a multistep
-        sampler's adds ``a2[p] x[p+2] + b2[p] out_{p+1}`` (the outputs kept by ``receive``)."""
+        sampler's adds ``a_l[p] x[p+1+l] + b_l[p] out_{p+l}`` of every level ``l`` (the outputs kept
+        by ``receive``)."""
         lo, hi = self.window.bounds
         s = self.schedule
         g = step_offset(s.b[lo:hi], s.c[lo:hi], out, self.z[lo:hi])
-        if self._outputs is not None:
-            top = min(hi, s.num_steps - 1)  # step T-1 has no multistep term (a2 = b2 = 0 there)
+        for level, (a_l, b_l) in enumerate(s.levels, start=1):
+            top = min(hi, s.num_steps - level)  # steps p >= T - l have no level-l term (zero coefficients)
             if top > lo:
-                g[:top - lo] += step_offset(s.a2[lo:top], s.b2[lo:top], self.x[lo + 2:top + 2],
-                                            self._outputs[lo + 1:top + 1])
+                g[:top - lo] += step_offset(a_l[lo:top], b_l[lo:top], self.x[lo + 1 + level:top + 1 + level],
+                                            self._outputs[lo + level:top + level])
         return g
 
     def remember_denoised(self, out: torch.Tensor) -> None:
@@ -203,11 +255,29 @@ class SampleStrategy:
             p, q = self._denoising
             self._denoised = p[lo] * self.x[lo + 1] + q[lo] * out[0]
 
-    def advance(self, new_frontier: int) -> None:
-        """Count the iteration, move the frontier, initialise the steps joining the window."""
+    def stop_reason(self) -> str:
+        """Why this sample stopped (or would stop now): one of ``STOP_REASONS`` (``SolveResult.stop_reasons``)."""
+        if not self.window.done:
+            return "max_iters"
+        if self.final_by["floor"]:
+            return "floor"
+        return "tolerance" if self.final_by["tolerance"] else "safeguard"
+
+    def advance(self, new_frontier: int, by_safeguard: int = 0, by_floor: int = 0) -> None:
+        """Count the iteration, move the frontier, initialise the steps joining the window.
+
+        Args:
+            new_frontier: steps ``>= new_frontier`` are final from now on.
+            by_safeguard, by_floor: how many of the steps made final now became so by the safeguard
+                (the plain update of the highest unconverged step) or were accepted only within the
+                residual floor; the others met the tolerance (``stop_reason``).
+        """
         lo, hi = self.window.bounds
         self.iterations += 1
         self.evaluations += hi - lo
+        self.final_by["safeguard"] += by_safeguard
+        self.final_by["floor"] += by_floor
+        self.final_by["tolerance"] += hi - new_frontier - by_safeguard - by_floor
         self._join(self.window.advance(new_frontier))
 
     def _join(self, steps: range) -> None:
@@ -225,16 +295,20 @@ class SampleStrategy:
 
     def _denoised_chain(self, start: int, top: int) -> None:
         """``x[j]`` for ``j = top-1 .. start``: the sampler's step with the predicted sample held fixed
-        (a multistep sampler's previous output too: the one predicting the same sample from ``x[j+2]``)."""
+        (a multistep sampler's earlier outputs too: each the one predicting the same sample from its
+        own input ``x[j+1+l]``, so every data prediction the step reads is that sample)."""
         s = self.schedule
         p, q = self._denoising
         held = lambda j: (self._denoised - p[j] * self.x[j + 1]) / q[j]  # noqa: E731
-        out_next = held(top) if s.is_multistep and top < s.num_steps else None
+        num_levels = s.num_levels
+        # (x[j+1+l], out_{j+l}) for l = 1..L, as far as those steps exist
+        earlier = [(self.x[top + level], held(top + level - 1)) for level in range(1, num_levels + 1)
+                   if top + level - 1 < s.num_steps]
         for j in range(top - 1, start - 1, -1):
             out = held(j)
-            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j], self.x[j + 2] if out_next is not None else None,
-                               out_next)
-            out_next = out
+            self.x[j] = s.step(j, self.x[j + 1], out, self.z[j], earlier)
+            if num_levels:
+                earlier = [(self.x[j + 1], out)] + earlier[:num_levels - 1]
 
     def _joined(self, steps: range) -> None:
         """Hook for subclasses: ``steps`` just joined the window."""
@@ -248,17 +322,21 @@ class BatchSolver:
         trajectory: float64 ``(B, T+1, *latent)``, the state the strategies' views point into.
         samples: one strategy per sample, in batch order.
         max_iters: stop after this many iterations (None: until every sample is done).
+        floor_probe: measures each sample's residual floor in the first iteration (probe rows added
+            to its network call) and gives it to the strategies as ``floor`` (``paratAA.precision``);
+            None: no floor (a float32 or float64 network).
 
     ``iterate()`` yields one ``IterationRecord`` per iteration; ``result()`` returns the
     ``SolveResult`` so far.
     """
 
     def __init__(self, eps_fn: EpsFn, trajectory: torch.Tensor, samples: Sequence[SampleStrategy],
-                 max_iters: int | None = None):
+                 max_iters: int | None = None, floor_probe: FloorProbe | None = None):
         self.eps_fn = eps_fn
         self.trajectory = trajectory
         self._samples = list(samples)
         self.max_iters = max_iters
+        self.floor_probe = floor_probe
         self.records: list[IterationRecord] = []
         self.seconds = 0.0
 
@@ -292,6 +370,9 @@ class BatchSolver:
             converged=self.done,
             seconds=self.seconds,
             records=list(self.records),
+            stop_reasons=[s.stop_reason() for s in self._samples],
+            floors=(torch.stack([s.floor for s in self._samples])
+                    if all(s.floor is not None for s in self._samples) else None),
         )
 
     @torch.no_grad()
@@ -306,6 +387,14 @@ class BatchSolver:
             inputs.append(x)
             steps.append(sample_steps)
             owners.append(torch.full_like(sample_steps, k))
+        rows = sum(len(s) for s in steps)
+        # First iteration of a half-precision network: probe rows ride along in the same call.
+        probes = ([self.floor_probe.rows(x, s) for x, s in zip(inputs, steps)]
+                  if self.floor_probe is not None and not self.records else [])
+        for j, (probe_x, picked) in enumerate(probes):
+            inputs.append(probe_x)
+            steps.append(steps[j][picked.to(device)])
+            owners.append(torch.full_like(steps[-1], active[j]))
         x = torch.cat(inputs)
 
         synchronize(device)
@@ -315,14 +404,21 @@ class BatchSolver:
         network_seconds = time.perf_counter() - start
 
         out = checked_output(out, x, iteration=len(self.records) + 1)
+        chunks = out.split([len(s) for s in steps])
+        for j, (k, (_, picked)) in enumerate(zip(active, probes)):
+            num_steps = self._samples[k].schedule.num_steps
+            self._samples[k].floor = self.floor_probe.floors(num_steps, steps[j], chunks[j], picked,
+                                                             chunks[len(active) + j])
+            self._samples[k].evaluations += len(picked)
         residuals: list[float | None] = [None] * len(self._samples)
-        for k, chunk in zip(active, out.split([len(s) for s in steps])):
+        for k, chunk in zip(active, chunks[:len(active)]):
             residuals[k] = self._samples[k].receive(chunk)
         self._check_finite(active, windows, residuals)
         x0 = torch.stack([sample.estimate() for sample in self._samples])
         synchronize(device)
         return IterationRecord(
-            iteration=len(self.records) + 1, windows=windows, evaluations=x.shape[0], max_residual=residuals,
+            iteration=len(self.records) + 1, windows=windows, evaluations=rows + sum(len(p[1]) for p in probes),
+            max_residual=residuals,
             frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
             solver_seconds=time.perf_counter() - start - network_seconds, x0=x0, done=self.done)
 

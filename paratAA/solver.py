@@ -21,42 +21,30 @@ than ``T`` iterations, the cost of sequential sampling. All solver state is floa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import warnings
+from typing import Any, Callable, Iterator
 
 import torch
 
 from paratAA.anderson import TriangularAnderson
-from paratAA.defaults import FULL_ORDER, PAPER, RECOMMENDED
-from paratAA.batch import INIT_RULES, BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
-from paratAA.equations import (MAP_FORMS, carried_map, first_order_residual, increment_map, order_k_map, rms,
+from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
+from paratAA.equations import (carried_map, first_order_residual, increment_map, order_k_map, rms,
                                secant_carry)
 from paratAA.memory import check_solve_fits
+from paratAA.options import AUTO_WINDOW, PAPER, RECOMMENDED, SolverOptions
+from paratAA.precision import HALF_PRECISION, FloorProbe, floor_warning
 from paratAA.schedule import Schedule
-from paratAA.validation import (NonFiniteError, check_callable, checked_output, require_bool, require_int,
-                                require_real, validate_noise)
+from paratAA.errors import PrecisionWarning
+from paratAA.validation import NonFiniteError, check_callable, checked_output, require_int, validate_noise
 
-__all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver", "solve",
-           "sequential"]
-
-
-@dataclass(frozen=True)
-class _Settings:
-    window_size: int
-    order: int
-    memory_size: int
-    tol1: float
-    tol2: float
-    anderson_lambda: float
-    reanchor: bool
-    map_form: str
-    init: str
+__all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver",
+           "SolverOptions", "solve", "sequential"]
 
 
 class _SampleSolver(SampleStrategy):
     """ParaTAA's update of one sample's window: order-K map, TAA below the highest unconverged step."""
 
-    def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, settings: _Settings,
+    def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, settings: SolverOptions,
                  frontier: int, initialized_from: int):
         self.settings = settings
         self.anderson = (TriangularAnderson(settings.window_size, tuple(x.shape[1:]), settings.memory_size,
@@ -76,7 +64,9 @@ class _SampleSolver(SampleStrategy):
         g = self.step_offsets(out)
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
-        converged = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
+        within_tolerance = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
+        within_floor = rho <= self.floor[lo:hi] if self.floor is not None and cfg.precision_floor else within_tolerance
+        converged = within_tolerance | within_floor
         unconverged = torch.nonzero(~converged).flatten()
         highest_unconverged = int(unconverged.max()) if unconverged.numel() else None
 
@@ -95,7 +85,10 @@ class _SampleSolver(SampleStrategy):
         else:
             new = x_window + residual
         self.x[lo:hi] = new
-        self.advance(lo if highest_unconverged is None else lo + highest_unconverged)
+        first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
+        self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
+                     by_safeguard=int(highest_unconverged is not None),
+                     by_floor=int((~within_tolerance[first_final:]).sum()))
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -117,20 +110,23 @@ class Solver(BatchSolver):
     """Iterate a parallel solve one batched network call at a time.
 
     Arguments are those of ``solve``. ``iterate()`` yields one ``IterationRecord`` per iteration;
-    ``result()`` returns the ``SolveResult`` so far.
+    ``result()`` returns the ``SolveResult`` so far. ``settings`` are the options in force
+    (``SolverOptions.resolved``: window capped at T, order a number).
     """
 
-    def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
-                 order: int | None = None, memory_size: int | None = None, tol1: float | None = None,
-                 tol2: float | None = None,
-                 max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
-                 variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
-                 map_form: str | None = None, init: str | None = None):
+    def __init__(self, eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, options: SolverOptions | None = None,
+                 *, init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
+                 **option_values: Any):
         validate_noise(schedule, noise)
         check_callable("eps_fn", eps_fn)
-        settings = _settings(schedule.num_steps, window_size, order, memory_size, tol1, tol2, anderson_lambda,
-                             reanchor, map_form, init)
-        _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps)
+        if options is not None and not isinstance(options, SolverOptions):
+            raise ValueError(f"options must be a paratAA.SolverOptions, got {type(options).__name__}")
+        settings = (options or RECOMMENDED).replace(**option_values).resolved(schedule.num_steps)
+        if settings.window_size == AUTO_WINDOW:
+            raise ValueError("window_size='auto' is planned by paratAA.solve (paratAA.planner.solve_auto); "
+                             "Solver needs a number")
+        max_iters = settings.max_iters
+        _validate_run(schedule, noise, init_trajectory, variation_steps)
         check_solve_fits(noise, settings.window_size, settings.memory_size, warm_start=init_trajectory is not None,
                          multistep=schedule.is_multistep)
         num_steps = schedule.num_steps
@@ -145,28 +141,46 @@ class Solver(BatchSolver):
         trajectory[:, num_steps] = noise[:, num_steps]
         samples = [_SampleSolver(trajectory[k], noise[k], schedule, settings, frontier, initialized_from)
                    for k in range(noise.shape[0])]
-        super().__init__(eps_fn, trajectory, samples, max_iters)
+        probe = FloorProbe(settings.network_dtype, schedule.b) if settings.network_dtype in HALF_PRECISION else None
+        super().__init__(eps_fn, trajectory, samples, max_iters, floor_probe=probe)
         self.schedule, self.noise, self.settings = schedule, noise, settings
 
+    def iterate(self) -> Iterator[IterationRecord]:
+        """As ``BatchSolver.iterate``; after the first iteration of a half-precision network, a
+        ``paratAA.errors.PrecisionWarning`` when explicit tolerances lie below its measured floor."""
+        for record in super().iterate():
+            if record.iteration == 1 and self.floor_probe is not None and not self.settings.precision_floor:
+                floors = self.result().floors
+                message = None if floors is None else floor_warning(
+                    floors, self.schedule.sigma, self.settings.tol1, self.settings.tol2, self.settings.network_dtype)
+                if message is not None:
+                    warnings.warn(message, PrecisionWarning, stacklevel=2)
+            yield record
 
-def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size: int | None = None,
-          order: int | None = None, memory_size: int | None = None, tol1: float | None = None,
-          tol2: float | None = None,
-          max_iters: int | None = None, init_trajectory: torch.Tensor | None = None,
-          variation_steps: int | None = None, anderson_lambda: float = 1e-3, reanchor: bool = False,
-          map_form: str | None = None, init: str | None = None,
-          callback: Callable[[IterationRecord], None] | None = None) -> SolveResult:
+
+def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, options: SolverOptions | None = None, *,
+          init_trajectory: torch.Tensor | None = None, variation_steps: int | None = None,
+          callback: Callable[[IterationRecord], None] | None = None, **option_values: Any) -> SolveResult:
     """Solve B sampling trajectories in parallel (FP, FP+ or ParaTAA; see the module docstring).
 
-    Left out, the method options take the recommended configuration (``RECOMMENDED``), chosen from
-    the matched-accuracy benchmarks (benchmarks/RESULTS.md); ``PAPER`` holds the reference scripts'.
+    The method's options come in one ``SolverOptions`` (``paratAA.options``); left out, the
+    recommended configuration (``RECOMMENDED``), chosen from the matched-accuracy benchmarks
+    (benchmarks/RESULTS.md); ``PAPER`` holds the reference scripts'. Any option can also be given
+    as a keyword argument (``solve(..., tol1=1e-3)``), which wins over ``options``; a keyword set
+    to None keeps the value of ``options``.
 
     Args:
         eps_fn: the network, ``eps_fn(x, steps, samples) -> out`` (see ``EpsFn``).
         schedule: the sampler's coefficients (``Schedule.from_scheduler``).
         noise: ``(B, T+1, *latent)``: ``noise[:, T]`` is ``x[T]``, ``noise[:, i]`` the ``z_i`` of
             step ``i``. Its device is the solver's.
-        window_size: steps evaluated per sample per iteration (``>= 1``; capped at T; default T).
+        options: the method (``SolverOptions``; default ``RECOMMENDED``). Its fields, also accepted
+            as keyword arguments:
+        window_size: steps evaluated per sample per iteration (``>= 1``; capped at T; default T), or
+            ``"auto"``: measure the network's cost on this device (once per process) and take the
+            window of least predicted wall-clock, or run the sequential sampler when no window is
+            predicted to beat it, saying so in one ``SequentialChoiceWarning`` (``paratAA.planner``;
+            the result's ``method``, ``plan`` and ``sequential_seconds`` tell which and why).
         order: K of the order-K equations, ``1 <= order <= window_size`` (default: the window size).
         memory_size: iterates kept per step for TAA; 1 disables acceleration.
         tol1, tol2: a step has converged when the RMS of its first-order residual is
@@ -200,10 +214,18 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, *, window_size
             cannot fit the device's memory (``paratAA.memory``; checked before anything is allocated).
         NonFiniteError: the network returned NaN or inf, or the solver's state overflowed.
     """
-    solver = Solver(eps_fn, schedule, noise, window_size=window_size, order=order, memory_size=memory_size,
-                    tol1=tol1, tol2=tol2, max_iters=max_iters, init_trajectory=init_trajectory,
-                    variation_steps=variation_steps, anderson_lambda=anderson_lambda, reanchor=reanchor,
-                    map_form=map_form, init=init)
+    merged = (options or RECOMMENDED).replace(**option_values) if options is None or isinstance(
+        options, SolverOptions) else None
+    if merged is not None and merged.window_size == AUTO_WINDOW:
+        from paratAA.planner import solve_auto
+
+        validate_noise(schedule, noise)
+        check_callable("eps_fn", eps_fn)
+        merged.resolved(schedule.num_steps)  # the other options' errors before any measuring
+        return solve_auto(eps_fn, schedule, noise, merged, callback=callback, init_trajectory=init_trajectory,
+                          variation_steps=variation_steps)
+    solver = Solver(eps_fn, schedule, noise, options, init_trajectory=init_trajectory,
+                    variation_steps=variation_steps, **option_values)
     return solver.run(callback)
 
 
@@ -225,47 +247,18 @@ def sequential(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor) -> torch.
     x = torch.empty_like(noise)
     x[:, num_steps] = noise[:, num_steps]
     samples = torch.arange(batch, device=noise.device)
-    out_next = None  # step i + 1's output: a multistep sampler's step i reads it
+    earlier: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x[i+1+l], out_{i+l}): a multistep sampler's levels
     for i in reversed(range(num_steps)):
         inputs = x[:, i + 1].clone()
         out = checked_output(eps_fn(inputs, torch.full_like(samples, i), samples), inputs, iteration=num_steps - i)
-        x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i], x[:, i + 2] if out_next is not None else None,
-                                out_next)
-        out_next = out
+        x[:, i] = schedule.step(i, x[:, i + 1], out, noise[:, i], earlier)
+        if schedule.num_levels:
+            earlier = [(x[:, i + 1], out)] + earlier[:schedule.num_levels - 1]
     return x
 
 
-def _settings(num_steps: int, window_size, order, memory_size, tol1, tol2, anderson_lambda, reanchor,
-              map_form, init) -> _Settings:
-    """Validate the method options and fill in the recommended values of those left out (None)."""
-    window_size = num_steps if window_size is None else window_size
-    require_int("window_size", window_size)
-    chosen = {"order": order, "memory_size": memory_size, "map_form": map_form, "init": init, "tol1": tol1,
-              "tol2": tol2}
-    order, memory_size, map_form, init, tol1, tol2 = (RECOMMENDED[name] if value is None else value
-                                                      for name, value in chosen.items())
-    if isinstance(order, str) and order == FULL_ORDER:
-        order = window_size
-    require_int("order", order)
-    if order > window_size:
-        raise ValueError(f"order ({order}) must not exceed window_size ({window_size})")
-    require_int("memory_size", memory_size)
-    require_real("tol1", tol1)
-    require_real("tol2", tol2)
-    require_real("anderson_lambda", anderson_lambda, strict=True)
-    require_bool("reanchor", reanchor)
-    if map_form not in MAP_FORMS:
-        raise ValueError(f"map_form must be one of {MAP_FORMS}, got {map_form!r}")
-    if init not in INIT_RULES:
-        raise ValueError(f"init must be one of {INIT_RULES}, got {init!r}")
-    # A window larger than T is capped at T; the order K only ever acts up to the window's length.
-    return _Settings(int(min(window_size, num_steps)), int(order), int(memory_size), float(tol1), float(tol2),
-                     float(anderson_lambda), bool(reanchor), map_form, init)
-
-
-def _validate_run(schedule, noise, max_iters, init_trajectory, variation_steps) -> None:
-    if max_iters is not None:
-        require_int("max_iters", max_iters)
+def _validate_run(schedule: Schedule, noise: torch.Tensor, init_trajectory: torch.Tensor | None,
+                  variation_steps: int | None) -> None:
     if init_trajectory is None:
         if variation_steps is not None:
             raise ValueError("variation_steps needs init_trajectory (a warm start)")

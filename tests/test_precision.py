@@ -1,0 +1,122 @@
+"""Half precision: the measured residual floor, why each sample stopped, and the warnings users get."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import parallel_dit
+from paratAA import SolverOptions, sequential, solve
+from paratAA.cli.models import load_dit
+from paratAA.cli.process import run_cli
+from paratAA.errors import PrecisionWarning, UnconvergedWarning
+from paratAA.pipelines import sample
+from paratAA.pipelines.runner import class_conditioning
+from paratAA.pipelines.tiny import tiny_embeddings, tiny_pipeline
+from paratAA.precision import FLOOR_FACTOR, FloorProbe, _interpolate
+
+T = 20
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The trained digits DiT in float32 and bfloat16, DDIM-20, guidance 3, two samples."""
+    torch.manual_seed(0)
+    runners = {dtype: load_dit("digits", dtype=dtype) for dtype in ("float32", "bfloat16")}
+    schedule = runners["float32"].make_schedule(T)
+    runners["bfloat16"].make_schedule(T)
+    conditioning = class_conditioning([3, 7], 3.0)
+    noise = runners["float32"].sample_noise(0, 2, T)
+    return schedule, noise, {dtype: r.eps_fn(conditioning) for dtype, r in runners.items()}
+
+
+def test_without_the_floor_a_bf16_network_degrades_to_sequential_and_says_so(digits):
+    schedule, noise, eps = digits
+    result = solve(eps["bfloat16"], schedule, noise)  # network_dtype unknown: no floor
+    assert result.iterations >= T - 2
+    assert "safeguard" in result.stop_reasons or "tolerance" in result.stop_reasons
+    floored = solve(eps["bfloat16"], schedule, noise, network_dtype="bfloat16")
+    assert floored.iterations <= T // 2 and set(floored.stop_reasons) == {"floor"}
+    assert floored.floors.shape == (2, T) and bool((floored.floors > 0).all())
+
+
+def test_the_floored_solve_stays_as_close_to_float32_as_the_bf16_sequential_sampler(digits):
+    schedule, noise, eps = digits
+    exact = sequential(eps["float32"], schedule, noise)[:, 0]
+    bar = (sequential(eps["bfloat16"], schedule, noise)[:, 0] - exact).flatten(1).abs().max(1).values
+    floored = solve(eps["bfloat16"], schedule, noise, network_dtype="bfloat16")
+    distance = (floored.samples - exact).flatten(1).abs().max(1).values
+    assert bool((distance <= 2 * bar).all()), (distance, bar)
+
+
+def test_tolerance_zero_reproduces_the_half_precision_sequential_sampler(digits):
+    schedule, noise, eps = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)
+        result = solve(eps["bfloat16"], schedule, noise, tol1=0.0, tol2=0.0, network_dtype="bfloat16")
+    assert result.converged and result.iterations == T
+    assert set(result.stop_reasons) == {"safeguard"}
+    reference = sequential(eps["bfloat16"], schedule, noise)
+    assert (result.trajectory - reference).abs().max() < 1e-12
+
+
+def test_an_explicit_tolerance_wins_with_one_warning_line(digits):
+    schedule, noise, eps = digits
+    with pytest.warns(PrecisionWarning, match=r"tol1=1e-05, tol2=1e-05 are below the residual floor") as caught:
+        result = solve(eps["bfloat16"], schedule, noise, tol1=1e-5, tol2=1e-5, network_dtype="bfloat16", max_iters=3)
+    assert len([w for w in caught if w.category is PrecisionWarning]) == 1
+    assert "\n" not in str(caught[0].message)
+    assert "floor" not in result.stop_reasons  # the tolerance was used as given
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)  # a float32 network: nothing to warn about
+        solve(eps["float32"], schedule, noise, tol1=1e-5, tol2=1e-5, network_dtype="float32", max_iters=2)
+
+
+def test_a_max_iters_stop_is_reported_per_sample(digits):
+    schedule, noise, eps = digits
+    result = solve(eps["float32"], schedule, noise, max_iters=2)
+    assert not result.converged and result.stop_reasons == ["max_iters", "max_iters"]
+
+
+def test_sample_reads_the_pipeline_dtype_and_warns_on_unconverged_images():
+    pipe = tiny_pipeline("sdxl").to(dtype=torch.bfloat16)
+    kwargs = dict({k: v.to(torch.bfloat16) for k, v in tiny_embeddings("sdxl", 2).items()}, num_inference_steps=12,
+                  output_type="latent", generator=torch.Generator().manual_seed(0))
+    out = sample(pipe, **kwargs)
+    assert out.result.floors is not None and set(out.result.stop_reasons) <= {"floor", "tolerance"}
+    assert out.result.iterations < 12
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    with pytest.warns(UnconvergedWarning, match="max_iters stopped the solve after 2 iterations"):
+        sample(pipe, max_iters=2, **kwargs)
+
+
+def test_floor_probe_measures_the_output_jump_of_a_rounding_network():
+    b = torch.full((10,), 0.5, dtype=torch.float64)
+    probe = FloorProbe("bfloat16", b)
+    x = torch.randn(10, 3, 4, 4, dtype=torch.float64)
+    steps = torch.arange(10)
+    perturbed, picked = probe.rows(x, steps)
+    assert picked.tolist() == [0, 1, 3, 4, 5, 6, 8, 9]  # 8 rows spread over the window, ends included
+    assert (perturbed - x[picked]).abs().max() <= 2.0**-8 * x.abs().max() + 1e-15
+    smooth = probe.floors(10, steps, 2 * x, picked, 2 * perturbed)
+    rounded = probe.floors(10, steps, (2 * x).bfloat16().double(), picked, (2 * perturbed).bfloat16().double())
+    assert smooth.shape == (10,) and bool((rounded > 0).all())
+    expected = FLOOR_FACTOR * 0.5 * (2 * (perturbed - x[picked])).flatten(1).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(smooth[picked], expected)
+    assert _interpolate(torch.tensor([0.0, 1.5, 5.0]), torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0])).tolist() \
+        == [10.0, 15.0, 20.0]
+
+
+def test_the_scripts_take_dtype_on_a_cpu(tmp_path, capsys):
+    status = run_cli(parallel_dit.main, ["--model_path", "tiny", "--timesteps", "6", "--num_samples", "2",
+                                         "--dtype", "bfloat16", "--output_path", str(tmp_path)])
+    assert status == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    import json
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["resolved"]["dtype"] == "torch.bfloat16"
+    assert config["resolved"]["solver_options"]["network_dtype"] == "bfloat16"
+    assert SolverOptions(network_dtype="bfloat16").resolved(6).precision_floor
