@@ -1,6 +1,6 @@
 """diffusers' own ParaDiGMS sampler (``StableDiffusionParadigmsPipeline``) on a Stable Diffusion pipeline.
 
-Used as the outside oracle for ``paratAA.paradigms.solve_paradigms`` and as a column of
+Used as the outside oracle for ``paratAA.baselines.paradigms.solve_paradigms`` and as a column of
 ``benchmarks/compare.py``. Three facts about diffusers' implementation shape this module:
 
 - Its parallel schedulers (``DDIMParallelScheduler`` / ``DDPMParallelScheduler``) take the previous

@@ -2,7 +2,7 @@
 
 A batch of ``B`` samples is solved together; each sample has its own window and its own update
 rule, a *strategy* (``SampleStrategy``: ParaTAA's ``paratAA.solver``, the Picard iteration of
-``paratAA.paradigms``, the Newton-like sweep of ``paratAA.parasolver``). One iteration
+``paratAA.baselines.paradigms``, the Newton-like sweep of ``paratAA.baselines.parasolver``). One iteration
 
 1. gathers every unfinished sample's window rows (``network_inputs``) into one batch,
 2. calls the network once on it (the only place the network is called; timed),

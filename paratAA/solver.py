@@ -28,13 +28,12 @@ import torch
 
 from paratAA.anderson import TriangularAnderson
 from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
-from paratAA.equations import (carried_map, first_order_residual, increment_map, order_k_map, rms,
-                               secant_carry)
+from paratAA.equations import carried_map, first_order_residual, increment_map, order_k_map, rms, secant_carry
+from paratAA.errors import PrecisionWarning
 from paratAA.memory import check_solve_fits
 from paratAA.options import AUTO_WINDOW, PAPER, RECOMMENDED, SolverOptions
 from paratAA.precision import HALF_PRECISION, FloorProbe, floor_warning
 from paratAA.schedule import Schedule
-from paratAA.errors import PrecisionWarning
 from paratAA.validation import NonFiniteError, check_callable, checked_output, require_int, validate_noise
 
 __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED", "SolveResult", "Solver",

@@ -1,4 +1,4 @@
-"""Checks shared by the parallel samplers (``paratAA.solver``, ``paratAA.paradigms``)."""
+"""Checks shared by the parallel samplers (``paratAA.solver``, ``paratAA.baselines.paradigms``)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ from diffusers import DDIMScheduler
 
 from paratAA import NonFiniteError, Schedule, sample_noise, sequential, solve
 from paratAA.analytic import gaussian_mixture_problem
+from paratAA.baselines.paradigms import solve_paradigms
 from paratAA.memory import device_memory, estimate_solver_memory, format_bytes
 from paratAA.noise import MAX_SEED
-from paratAA.paradigms import solve_paradigms
 
 LATENT = (2, 4, 4)
 T = 12

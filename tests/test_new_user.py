@@ -79,7 +79,7 @@ def test_run_folder_and_config_record_the_window_and_order_used(tmp_path, capsys
     assert re.search(r"max \|diff\| \S+ \(\S+ of the sample's largest entry\)", out)
     sample_summary = json.loads((run / "summary.json").read_text())["samples"][0]
     assert 0 <= sample_summary["sequential_relative_diff"] <= sample_summary["sequential_max_abs_diff"] / 1e-3
-    assert sample_summary["stop_reason"] == "tolerance"
+    assert sample_summary["converged"] and sample_summary["stop_reason"] in ("tolerance", "safeguard")  # T = 4
     assert (run / "contact_sheet.png").exists()
 
 

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionParadigmsPipe
 from benchmarks.diffusers_paradigms import run_diffusers_paradigms, scheduler_pair
 from paratAA import NonFiniteError, Schedule, sample_noise, sequential, solve
 from paratAA.analytic import gaussian_mixture_problem
-from paratAA.paradigms import DEFAULT_TOLERANCE, solve_paradigms
+from paratAA.baselines.paradigms import DEFAULT_TOLERANCE, solve_paradigms
 from paratAA.pipelines.runner import text_conditioning
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,8 +6,8 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 from paratAA import Schedule, sample_noise, sequential
 from paratAA.analytic import gaussian_mixture_problem
-from paratAA.paradigms import solve_paradigms
-from paratAA.parasolver import DETERMINISTIC_DEFAULTS, STOCHASTIC_DEFAULTS, solve_parasolver
+from paratAA.baselines.paradigms import solve_paradigms
+from paratAA.baselines.parasolver import DETERMINISTIC_DEFAULTS, STOCHASTIC_DEFAULTS, solve_parasolver
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

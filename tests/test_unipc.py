@@ -14,8 +14,8 @@ from diffusers import UniPCMultistepScheduler
 
 from paratAA import Schedule, ScheduleError, sample_noise, sequential, solve
 from paratAA.analytic import gaussian_mixture_problem
-from paratAA.paradigms import solve_paradigms
-from paratAA.parasolver import solve_parasolver
+from paratAA.baselines.paradigms import solve_paradigms
+from paratAA.baselines.parasolver import solve_parasolver
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

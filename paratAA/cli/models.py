@@ -20,8 +20,8 @@ from paratAA.errors import ModelLoadError, UsageError
 from paratAA.pipelines.defaults import TINY_MODEL, TINY_PREFIX
 from paratAA.pipelines.loading import DIT, FLUX, SD, SD3, SDXL, load_pipeline, pipeline_class
 
-__all__ = ["MODEL_HELP", "RUN_PREFIXES", "SCRIPT_FAMILIES", "TEXT_TO_IMAGE", "TEXT_TO_VIDEO", "check_dit_family", "check_text_to_image_flags", "load_dit",
-           "load_text_to_image", "script_pipeline_class"]
+__all__ = ["MODEL_HELP", "RUN_PREFIXES", "SCRIPT_FAMILIES", "TEXT_TO_IMAGE", "TEXT_TO_VIDEO", "check_dit_family",
+           "check_text_to_image_flags", "load_dit", "load_text_to_image", "script_pipeline_class"]
 
 # Families run by parallel_sd*.py: their prompt, negative prompt and guidance scale are the flags'.
 TEXT_TO_IMAGE = (SD, SDXL, SD3, FLUX, "PixArtSigmaPipeline", "SanaPipeline", "ChromaPipeline")

@@ -1,5 +1,5 @@
 """ParaSolver baseline (Lu, Zhu, Hou, "ParaSolver: A Hierarchical Parallel Integral Solver for
-Diffusion Models", ICLR 2025), written against this package's contract like ``paratAA.paradigms``.
+Diffusion Models", ICLR 2025), written against this package's contract like ``paratAA.baselines.paradigms``.
 
 ParaSolver writes the sampler as a banded system ``r_i = x[i] - F_i(x[i+1]) = 0`` whose Jacobian
 has an identity diagonal, and takes Newton steps with the step's own Jacobian ``dF_i/dx``
@@ -9,7 +9,7 @@ approximated by the identity. Solved from the final ``x[h]`` downwards, that New
 
 over the window: the same update as ParaDiGMS's Picard iteration, and the same stride rule (the
 highest latent whose mean squared change exceeds ``tolerance^2 sigma^2`` becomes the frontier).
-What makes it ParaSolver (``paratAA.paradigms.PicardSample`` with these settings):
+What makes it ParaSolver (``paratAA.baselines.paradigms.PicardSample`` with these settings):
 
 - **Initialisation**: ``warmup_steps`` (M) ordinary sequential steps first (one network call each,
   counted as iterations, as the paper's iteration counts do); every later step enters the window
@@ -34,8 +34,8 @@ from typing import Callable
 
 import torch
 
+from paratAA.baselines.paradigms import PicardSample, check_stride_arguments, consumer_variance
 from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SolveResult
-from paratAA.paradigms import PicardSample, check_stride_arguments, consumer_variance
 from paratAA.schedule import Schedule
 from paratAA.validation import require_int, validate_noise
 

@@ -53,7 +53,7 @@ DEFAULT_TOLERANCE = 0.1
 class PicardSample(SampleStrategy):
     """Picard update and stride rule of one sample's window (the module docstring's steps 1-4).
 
-    Shared with ParaSolver (``paratAA.parasolver``), whose Newton step with the network's Jacobian
+    Shared with ParaSolver (``paratAA.baselines.parasolver``), whose Newton step with the network's Jacobian
     taken as the identity is this same update; it differs in ``init="denoised"``, in a few
     sequential warm-up steps and in the error bound of the last latents.
 
