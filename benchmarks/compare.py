@@ -1,7 +1,8 @@
 """Side by side on one problem, noise and tolerance: sequential, FP, FP+, ParaTAA, ParaDiGMS (and diffusers' own).
 
 Rows: a problem (``gmm``: the analytic Gaussian mixture, latent 4x32x32; ``digits``: the trained
-pixel-space DiT of ``models/digits``; ``tiny-dit`` / ``tiny-sd``: the tiny random-weight models; ``dit`` / ``sd`` with ``--dit_path`` / ``--sd_path``), a sampler
+pixel-space DiT of ``models/digits``; ``tiny-dit`` / ``tiny-sd`` / ``tiny-sdxl`` / ``tiny-sd3``: the tiny
+random-weight models; ``dit`` / ``sd`` with ``--dit_path`` / ``--sd_path``), a sampler
 (DDIM eta 0 or DDPM) with T steps, and a window size. Columns per method: parallel iterations,
 network evaluations (rows; classifier-free guidance's doubled batch counts once), wall-clock and
 its ratio to the sequential sampler, the largest absolute latent difference from the sequential
@@ -14,7 +15,7 @@ Methods (``order`` K, ``memory`` m of ``paratAA.solve``; tolerances ``--tol`` fo
 - ``FP``: K = 1, m = 1.  ``FP+``: K = window, m = 1.  ``ParaTAA m{m} K{K}``: m in {2, 3}, a few K.
 - ``ParaTAA-inc ...``: the same with the order-K equations in increment form (``map_form="increment"``),
   also at a tenth and a hundredth of the tolerance (``tol/10``, ``tol/100``).
-- ``ParaDiGMS tol={t}``: ``paratAA.paradigms.solve_paradigms`` at diffusers' default tolerance 0.1
+- ``ParaDiGMS tol={t}``: ``paratAA.baselines.paradigms.solve_paradigms`` at diffusers' default tolerance 0.1
   and at ``--tol``; for SD-shaped problems also ``diffusers ParaDiGMS tol={t}``, diffusers'
   ``StableDiffusionParadigmsPipeline`` itself (one sample at a time, as the noise contract needs).
   For those problems the schedulers are built with ``set_alpha_to_one=True`` (see
@@ -55,7 +56,9 @@ QUICK_PLAN = {
     "tiny-dit": [("ddim", 25, [25]), ("ddpm", 100, [25])],
     "tiny-sd": [("ddim", 25, [8, 25]), ("ddpm", 100, [25])],
 }
-PROBLEMS = ("gmm", "digits", "tiny-dit", "tiny-sd", "dit", "sd")
+PROBLEMS = ("gmm", "digits", "tiny-dit", "tiny-sd", "tiny-sdxl", "tiny-sd3", "dit", "sd")
+# Problems that sample with their pipeline's own scheduler only (sampler name -> the pipeline's scheduler class).
+OWN_SAMPLER_PROBLEMS = {"tiny-sdxl": "euler", "tiny-sd3": "flow"}
 DIFFUSERS_DEFAULT_TOLERANCE = 0.1
 PSNR_CAP_DB = 100.0
 
@@ -84,10 +87,13 @@ class Problem:
 
 
 def _ordinary_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
-    """DDIM (``"ddim"``), DDPM (``"ddpm"``) or DPM-Solver++ 2M (``"dpm"``) over ``config``, set to ``num_steps``."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    """DDIM (``"ddim"``), DDPM (``"ddpm"``), DPM-Solver++ 2M (``"dpm"``) or UniPC (``"unipc"``, diffusers'
+    defaults: bh2, order 2, corrector on) over ``config``, set to ``num_steps``."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-    if sampler == "dpm":
+    if sampler == "unipc":
+        scheduler = UniPCMultistepScheduler.from_config(config)
+    elif sampler == "dpm":
         scheduler = DPMSolverMultistepScheduler.from_config(config)
     else:
         scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config, clip_sample=False)
@@ -104,8 +110,48 @@ def flow_matching_scheduler(num_steps: int) -> Any:
     return scheduler
 
 
+# Wan 2.1's UniPC (480p): flow sigmas with shift 3, flow prediction, order 2, bh2, corrector on.
+WAN_UNIPC = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
+                 solver_order=2)
+# SD 1.5's scheduler betas and spacing (its PNDM configuration), for UniPC on the analytic mixture.
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                timestep_spacing="leading")
+
+
+def unipc_scheduler(num_steps: int, flow: bool) -> Any:
+    """UniPC in Wan's flow setting (``flow``) or over SD 1.5's betas, ``set_timesteps(num_steps)`` done."""
+    from diffusers import UniPCMultistepScheduler
+
+    scheduler = UniPCMultistepScheduler(**(WAN_UNIPC if flow else SD_BETAS))
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def _gmm_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
+    if sampler == "flow":
+        return flow_matching_scheduler(num_steps)
+    if sampler in ("unipc-flow", "unipc-sd"):
+        return unipc_scheduler(num_steps, flow=sampler == "unipc-flow")
+    return _ordinary_scheduler(config, sampler, num_steps)
+
+
+def network_dtype(args: argparse.Namespace) -> str:
+    """The dtype the problem's network runs in: ``args.dtype`` if set, else float16 with ``args.fp16``, else float32."""
+    return getattr(args, "dtype", None) or ("float16" if getattr(args, "fp16", False) else "float32")
+
+
+def _own_scheduler(runner: Any, name: str, sampler: str, num_steps: int) -> Any:
+    """The pipeline's own scheduler set to ``num_steps`` (by the pipeline's call, as it samples)."""
+    if sampler != OWN_SAMPLER_PROBLEMS[name]:
+        raise SystemExit(f"{name} samples with its own scheduler ({OWN_SAMPLER_PROBLEMS[name]}), not {sampler!r}")
+    runner.make_schedule(num_steps)
+    return runner.pipe.scheduler
+
+
 def load_problem(name: str, args: argparse.Namespace) -> Problem:
-    """Build a problem by name (``--dit_path`` / ``--sd_path`` for the real models)."""
+    """Build a problem by name (``--dit_path`` / ``--sd_path`` for the real models; the network in
+    ``network_dtype(args)``). ``tiny-sdxl`` (Euler) and ``tiny-sd3`` (flow-matching Euler) sample with their
+    pipeline's own scheduler only (``OWN_SAMPLER_PROBLEMS``)."""
     from benchmarks.diffusers_paradigms import scheduler_pair
 
     device = torch.device(args.device)
@@ -117,15 +163,16 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         gmm = gaussian_mixture_problem((4, 32, 32), num_components=8, seed=args.seed)
         config = DDIMScheduler().config  # linear betas 1e-4..0.02, leading spacing, final alpha 1 (DiT's schedule)
         # sampler "flow": the same mixture under rectified flow, its exact velocity (SD3's sampler).
-        return Problem(name, (4, 32, 32), gmm.eps_fn,
-                       lambda s, t: flow_matching_scheduler(t) if s == "flow" else _ordinary_scheduler(config, s, t))
+        # "unipc-flow": Wan's UniPC on the same rectified flow; "unipc-sd": UniPC over SD 1.5's betas.
+        return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _gmm_scheduler(config, s, t))
     if name in ("tiny-dit", "dit", "digits"):
+        from paratAA.cli.models import load_dit
         from paratAA.pipelines.runner import class_conditioning
-        from paratAA.script_models import load_dit
 
         if name == "dit" and not args.dit_path:
             raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
-        dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device, args.fp16)
+        dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device,
+                       network_dtype(args))
         dit.make_schedule(10)
         # digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
         labels = class_conditioning([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
@@ -134,17 +181,28 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
                        lambda s, t: _ordinary_scheduler(config, s, t))
     if name in ("tiny-sd", "sd"):
+        from paratAA.cli.models import load_text_to_image
         from paratAA.pipelines.runner import text_conditioning
-        from paratAA.script_models import load_text_to_image
 
         if name == "sd" and not args.sd_path:
             raise SystemExit("--problems sd needs --sd_path (a hub id or a local pipeline directory)")
-        sd = load_text_to_image("tiny" if name == "tiny-sd" else args.sd_path, device, args.fp16)
+        sd = load_text_to_image("tiny" if name == "tiny-sd" else args.sd_path, device, network_dtype(args))
         sd.make_schedule(10)
         prompts = text_conditioning([args.prompt] * args.samples, None, args.cfg_scale)
         return Problem(name, sd.latent_shape, lambda schedule: sd.eps_fn(prompts, schedule),
-                       lambda s, t: scheduler_pair(sd.pipe.scheduler.config, s, t)[1],
-                       sd_pipe=None if args.fp16 else sd.pipe, prompt=args.prompt, cfg_scale=args.cfg_scale)
+                       lambda s, t: (_ordinary_scheduler(sd.pipe.scheduler.config, s, t) if s in ("dpm", "unipc")
+                                     else scheduler_pair(sd.pipe.scheduler.config, s, t)[1]),
+                       sd_pipe=None if network_dtype(args) != "float32" else sd.pipe, prompt=args.prompt,
+                       cfg_scale=args.cfg_scale)
+    if name in OWN_SAMPLER_PROBLEMS:
+        from paratAA.cli.models import load_text_to_image
+        from paratAA.pipelines.runner import text_conditioning
+
+        runner = load_text_to_image(name, device, network_dtype(args))
+        runner.make_schedule(10)
+        prompts = text_conditioning([args.prompt] * args.samples, None, args.cfg_scale)
+        return Problem(name, runner.latent_shape, lambda schedule: runner.eps_fn(prompts, schedule),
+                       lambda s, t: _own_scheduler(runner, name, s, t), prompt=args.prompt, cfg_scale=args.cfg_scale)
     raise SystemExit(f"--problems: unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")
 
 
@@ -194,7 +252,7 @@ def run_method(method: dict[str, Any], problem: Problem, sampler: str, schedule:
                noise: torch.Tensor, window: int, args: argparse.Namespace) -> dict[str, Any]:
     """Run one method on one row; returns iterations, evaluations, seconds, residual trace, samples."""
     from paratAA import solve
-    from paratAA.paradigms import solve_paradigms
+    from paratAA.baselines.paradigms import solve_paradigms
 
     if method["kind"] == "solve":
         tol = args.tol * method.get("tol_scale", 1.0)

@@ -3,7 +3,7 @@
 Scenarios (``--scenarios``): DiT: DDIM 25 / 50 / 100 and DDPM 100 (DDIM with eta 1); SD: DDIM 25 /
 50 / 100. Rows (``--methods``): ``sequential``, ``FP`` (order 1, memory 1), ``FP+`` (order K,
 memory 1), ``ParaTAA-m2`` / ``ParaTAA-m3`` (order K, memory 2 / 3), ``ParaDiGMS``
-(``paratAA.paradigms.solve_paradigms`` at ``--paradigms_tol``, diffusers' default 0.1). Every method
+(``paratAA.baselines.paradigms.solve_paradigms`` at ``--paradigms_tol``, diffusers' default 0.1). Every method
 solves the same samples from the same noise (``paratAA.sample_noise``: sample k uses seed + k, so the
 numbers do not depend on ``--batch_size``) with window ``--window`` (default T) and tolerances
 ``--tol`` (tol1 = tol2, the reference 1e-3); order K is ``--order`` (default: DiT T, SD 20, the

@@ -109,7 +109,7 @@ def test_accuracy_sweep_reports_fewest_iterations_at_each_accuracy(tmp_path, cap
     [group] = json.loads(out.read_text())["groups"]
     assert group["num_steps"] == group["window"] == 25 and set(group["methods"]) == {"FP+", "default", "ParaDiGMS",
                                                                                      "ParaSolver"}
-    for name, method in group["methods"].items():
+    for method in group["methods"].values():
         runs = method["runs"]
         assert runs and all(1 <= r["iterations"] <= 25 and r["converged"] for r in runs)
         for threshold, best in method["best"].items():
@@ -118,7 +118,8 @@ def test_accuracy_sweep_reports_fewest_iterations_at_each_accuracy(tmp_path, cap
             if best is not None:
                 assert best["iterations"] == min(r["iterations"] for r in reaching)
     # the default reaches 1e-3 in fewer iterations than FP+ on this problem
-    assert group["methods"]["default"]["best"]["0.001"]["iterations"] < group["methods"]["FP+"]["best"]["0.001"]["iterations"]
+    best = {name: group["methods"][name]["best"]["0.001"]["iterations"] for name in ("default", "FP+")}
+    assert best["default"] < best["FP+"]
     printed = capsys.readouterr().out
     assert "| gmm | ddim-25 | 25 |" in printed  # the headline row
 
@@ -131,3 +132,79 @@ def test_fewest_iterations_and_monotone_violations():
     assert fewest_iterations(runs, 1e-3)["tol"] == 1e-3 and fewest_iterations(runs, 1e-6) is None
     assert fewest_iterations(runs, 1e-4)["iterations"] == 12
     assert monotone_violations(runs) == [(1e-3, 1e-4)]
+
+
+def test_accuracy_half_precision_batch_rows(tmp_path, capsys):
+    """--dtype bfloat16: the float32 sequential sample is the reference, the bar and its multiples are thresholds,
+    the default methods report an out-of-the-box run, and every run its per-sample iterations and distances."""
+    from benchmarks import accuracy
+
+    out = tmp_path / "half.json"
+    report = accuracy.main(["--problems", "tiny-dit", "--cfg_scales", "3", "--scenarios", "ddim-25", "--windows", "T",
+                            "--samples", "2", "--dtype", "bfloat16", "--methods", "default,default m1,ParaDiGMS",
+                            "--out", str(out)])
+    [group] = json.loads(out.read_text())["groups"]
+    assert group["dtype"] == "bfloat16" and group["bar"] > 0 and len(group["per_sample_bar"]) == 2
+    assert set(group["methods"]) == {"default", "default m1", "ParaDiGMS"}
+    for name, method in group["methods"].items():
+        assert {"bar x1", "bar x1.5", "bar x2", "0.001"} <= set(method["best"])
+        for run in method["runs"]:
+            assert len(run["per_sample_iterations"]) == len(run["per_sample_max_abs_diff"]) == 2
+            assert run["iterations"] == max(run["per_sample_iterations"]) == run["iterations_spread"]["max"]
+            assert run["max_abs_diff"] == pytest.approx(max(run["per_sample_max_abs_diff"]))
+            assert "max_abs_diff_own_sequential" in run
+        for key, best in method["best"].items():
+            if key.startswith("bar") and best is not None:
+                assert best["max_abs_diff"] <= float(key.split("x")[1]) * group["bar"]
+        assert ("out_of_box" in method) == name.startswith("default")
+    box = group["methods"]["default"]["out_of_box"]
+    assert box["tol"] is None and box["stop_reasons"] and set(box["stop_reasons"]) <= {"tolerance", "floor", "safeguard"}
+    assert not any(r["tol"] is None for r in group["methods"]["default"]["runs"])
+    assert [t["method"] for t in report["targets"]] == ["default", "default m1"]
+    assert all("a_distance" in t for t in report["targets"])  # no float32 row in the run: (a)'s ratio is absent
+    assert "| tiny-dit cfg 3 | ddim-25 | 25 | 2 | bfloat16 |" in capsys.readouterr().out
+
+
+def test_accuracy_dtype_arguments_are_checked(tmp_path):
+    from benchmarks import accuracy
+
+    with pytest.raises(SystemExit):  # the analytic problem has no network to run in half precision
+        accuracy.main(["--problems", "gmm", "--dtype", "float16", "--out", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit):
+        accuracy.main(["--fp16", "--dtype", "bfloat16", "--out", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit):  # tiny-sdxl samples with its own Euler scheduler only
+        accuracy.main(["--problems", "tiny-sdxl", "--scenarios", "ddim-25", "--out", str(tmp_path / "a.json")])
+    assert accuracy.supports("tiny-sd3", "flow") and accuracy.supports("gmm", "flow")
+    assert not accuracy.supports("digits", "flow") and accuracy.supports("tiny-sd", "dpm")
+
+
+def _batch_run(tol, per_sample_iterations, distances):
+    return dict(tol=tol, iterations=max(per_sample_iterations), per_sample_iterations=per_sample_iterations,
+                per_sample_max_abs_diff=distances, max_abs_diff=max(distances))
+
+
+def test_use_targets_bookkeeping():
+    from benchmarks.accuracy import targets_table, use_targets
+
+    def group(dtype, methods, bar=None):
+        return dict(problem="digits cfg 3", scenario="ddim-50", sampler="ddim", window=50, samples=4, dtype=dtype,
+                    bar=bar, methods=methods)
+
+    f32_box = _batch_run(None, [8, 8, 9, 10], [1e-3, 1e-3, 2e-3, 2e-3])
+    f32 = group("float32", {
+        "default": dict(out_of_box=f32_box, best={"0.001": _batch_run(1e-3, [6, 6, 6, 13], [5e-4] * 4)}),
+        "ParaDiGMS": dict(best={"0.001": _batch_run(0.05, [10] * 4, [9e-4] * 4)})})
+    half_box = _batch_run(None, [9, 9, 10, 12], [0.05, 0.05, 0.05, 0.3])
+    bf16 = group("bfloat16", {"default": dict(out_of_box=half_box, best={"bar x2": half_box})}, bar=0.1)
+    checks = {c["dtype"]: c for c in use_targets([f32, bf16])}
+    c = checks["float32"]
+    assert c["b_ratio"] == pytest.approx(1.3) and not c["b_vs_paradigms"]  # the slowest sample sets the batch's
+    assert c["c_iterations_spread@out_of_box"] == pytest.approx(10 / 8.5)
+    assert not c["c_iterations_spread"]  # 13 > 2 x 6 at matched accuracy
+    assert c["d_distance_spread"]  # 2e-3 <= 3 x 1.5e-3
+    h = checks["bfloat16"]
+    assert h["a_iterations_ratio"] == pytest.approx(12 / 10) and h["a_iterations"]
+    assert h["a_distance_over_bar"] == pytest.approx(3.0) and not h["a_distance"]
+    assert not h["d_distance_spread"] and "b_ratio" not in h  # 0.3 > 3 x 0.05; (b) is float32's
+    table = targets_table(list(checks.values()))
+    assert "MISSED (3.00)" in table and "met (12 / 10 = 1.20)" in table
