@@ -1,0 +1,86 @@
+"""Property tests of benchmarks/quality.py: the Fréchet distance and the fixed feature space (seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.quality import PatchFeatures, fd_between, frechet_distance, high_pass, statistics
+
+
+def _gaussian(n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(d, d)) / np.sqrt(d)
+    return rng.normal(size=(n, d)) @ mixing
+
+
+def test_fd_of_a_set_with_itself_is_zero():
+    x = _gaussian(500, 12, 0)
+    assert fd_between(x, x) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fd_of_a_mean_shift_is_the_squared_shift():
+    # same covariance, so the trace term vanishes and FD = |delta|^2 exactly
+    x = _gaussian(500, 12, 1)
+    delta = np.linspace(-0.5, 0.5, 12)
+    assert fd_between(x, x + delta) == pytest.approx(float(delta @ delta), rel=1e-6)
+    # and it grows with the shift: 3x the shift, 9x the distance
+    assert fd_between(x, x + 3 * delta) == pytest.approx(9 * float(delta @ delta), rel=1e-6)
+
+
+def test_fd_matches_the_closed_form_for_diagonal_gaussians():
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
+    mu1, mu2 = np.zeros(3), np.array([1.0, 0.0, 2.0])
+    expected = 5.0 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_fd_is_symmetric_and_nonnegative():
+    x, y = _gaussian(300, 8, 2), _gaussian(300, 8, 3) * 1.3 + 0.2
+    assert fd_between(x, y) == pytest.approx(fd_between(y, x), rel=1e-8)
+    assert fd_between(x, y) > 0
+
+
+def test_statistics_are_float64():
+    mu, sigma = statistics(np.ones((4, 3), dtype=np.float32) + np.arange(4, dtype=np.float32)[:, None])
+    assert mu.dtype == np.float64 and sigma.dtype == np.float64 and sigma.shape == (3, 3)
+
+
+def test_high_pass_removes_constants():
+    assert torch.allclose(high_pass(torch.full((2, 3, 8, 8), 0.7)), torch.zeros(2, 3, 8, 8), atol=1e-6)
+
+
+def _images(seed: int, n: int = 300) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.avg_pool2d(torch.randn(n, 3, 10, 10, generator=g), 3, stride=1)
+    return smooth.clamp(-1, 1)
+
+
+def test_feature_space_is_deterministic_and_whitened():
+    real = _images(0)
+    first, second = PatchFeatures.fit(real, components=6), PatchFeatures.fit(real, components=6)
+    probe = _images(1, 50)
+    assert np.array_equal(first(probe), second(probe))  # same fit, same features
+    assert np.array_equal(first(probe), first(probe))
+    features = first(real)
+    assert features.shape == (300, 12) and features.dtype == np.float64
+    # unit variance on the data it was fitted on
+    assert np.allclose(features.var(axis=0, ddof=1), 1.0, atol=1e-6)
+
+
+def test_fd_in_feature_space_sees_a_brightness_shift():
+    space = PatchFeatures.fit(_images(0), components=6)
+    a, b = space(_images(1)), space(_images(2))
+    assert fd_between(space(_images(1) + 0.3), b) > 5 * fd_between(a, b)
+
+
+def test_real_crops_are_offline_and_seeded():
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    from training.train_patches import real_crops
+
+    crops = real_crops(6, seed=5)
+    assert crops.shape == (6, 3, 32, 32) and crops.min() >= -1 and crops.max() <= 1
+    assert torch.equal(crops, real_crops(6, seed=5))
+    assert not torch.equal(crops, real_crops(6, seed=6))
