@@ -30,7 +30,7 @@ __all__ = ["FLOOR_FACTOR", "HALF_PRECISION", "PROBE_STEPS", "UNIT_ROUNDOFF", "Fl
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 HALF_PRECISION = ("float16", "bfloat16")  # the dtypes whose floor is measured (float32's is far below any tolerance)
 PROBE_STEPS = 8  # probe rows per sample, in the first iteration
-FLOOR_FACTOR = 1.0  # residuals within the measured jitter count as converged (2 let a digits sample drift: RESULTS 10.1)
+FLOOR_FACTOR = 1.0  # residuals within the measured jitter count as converged (2 let a digits sample drift: RESULTS 10.2)
 _PROBE_SEED = 20240209
 
 
