@@ -12,14 +12,13 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler
 
-from paratAA import Schedule, ScheduleError, sample_noise, sequential, solve
-from paratAA.analytic import gaussian_mixture_problem
+from paratAA import Schedule, ScheduleError, sequential, solve
 from paratAA.baselines.paradigms import solve_paradigms
 from paratAA.baselines.parasolver import solve_parasolver
+from tests.mixture_problems import mixture_problem, scheduler_loop
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LATENT = (4, 8, 8)
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 # Wan 2.1's scheduler config (flow_shift 3.0 at 480p, 5.0 at 720p), everything else the defaults.
 WAN = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
@@ -33,18 +32,11 @@ def _scheduler(num_steps: int, **config) -> UniPCMultistepScheduler:
 
 
 def _problem(num_steps: int, **config):
-    schedule = Schedule.from_scheduler(_scheduler(num_steps, **config))
-    eps_fn = gaussian_mixture_problem(LATENT, num_components=4, seed=0).eps_fn(schedule)  # exact, its prediction type
-    return schedule, eps_fn, sample_noise(0, 2, num_steps, LATENT)
+    return mixture_problem(_scheduler(num_steps, **config), num_steps)
 
 
 def _diffusers_loop(eps_fn, noise, num_steps: int, **config) -> torch.Tensor:
-    scheduler = _scheduler(num_steps, **config)
-    x, samples = noise[:, num_steps].clone(), torch.arange(noise.shape[0])
-    for k, t in enumerate(scheduler.timesteps):
-        out = eps_fn(x, torch.full_like(samples, num_steps - 1 - k), samples)
-        x = scheduler.step(out, t, x).prev_sample.to(torch.float64)
-    return x
+    return scheduler_loop(_scheduler(num_steps, **config), eps_fn, noise)
 
 
 CONFIGS = {
