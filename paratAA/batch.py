@@ -371,9 +371,14 @@ class BatchSolver:
             seconds=self.seconds,
             records=list(self.records),
             stop_reasons=[s.stop_reason() for s in self._samples],
-            floors=(torch.stack([s.floor for s in self._samples])
-                    if all(s.floor is not None for s in self._samples) else None),
+            floors=self.floors(),
         )
+
+    def floors(self) -> torch.Tensor | None:
+        """float64 ``(B, T)``: every sample's measured residual floor, or None before (or without) a probe."""
+        if any(s.floor is None for s in self._samples):
+            return None
+        return torch.stack([s.floor for s in self._samples])
 
     @torch.no_grad()
     def _iteration(self) -> IterationRecord:

@@ -43,7 +43,8 @@ from typing import Any, Callable
 from paratAA.errors import OptionError
 
 __all__ = ["AUTO_WINDOW", "DEFAULT_TOLERANCE", "FULL_ORDER", "INIT_RULES", "MAP_FORMS", "NETWORK_DTYPES",
-           "OptionError", "PAPER", "PAPER_WINDOW", "RECOMMENDED", "SolverOptions", "option_names"]
+           "OptionError", "PAPER", "PAPER_WINDOW", "RECOMMENDED", "SolverOptions", "merged_options",
+           "option_names"]
 
 FULL_ORDER = "window"  # order = the window size: every unknown anchored on the window's top
 AUTO_WINDOW = "auto"  # window_size planned for the device by paratAA.planner (or the sequential sampler)
@@ -173,6 +174,18 @@ class SolverOptions:
 
 
 _FIELDS = {f.name: f for f in fields(SolverOptions)}
+
+
+def merged_options(options: SolverOptions | None, **keywords: Any) -> SolverOptions:
+    """``options`` (default ``RECOMMENDED``) with the keyword arguments of the same names that are not None:
+    how ``solve``, ``Solver``, ``sample`` and ``prepare`` combine their ``options=`` and keywords.
+
+    Raises:
+        ValueError: ``options`` is not a ``SolverOptions``; OptionError: an unknown option name.
+    """
+    if options is not None and not isinstance(options, SolverOptions):
+        raise ValueError(f"options must be a paratAA.SolverOptions, got {type(options).__name__}")
+    return (options or RECOMMENDED).replace(**keywords)
 
 
 def option_names() -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, S
 from paratAA.equations import carried_map, first_order_residual, increment_map, order_k_map, rms, secant_carry
 from paratAA.errors import PrecisionWarning
 from paratAA.memory import check_solve_fits
-from paratAA.options import AUTO_WINDOW, PAPER, RECOMMENDED, SolverOptions
+from paratAA.options import AUTO_WINDOW, PAPER, RECOMMENDED, SolverOptions, merged_options
 from paratAA.precision import HALF_PRECISION, FloorProbe, floor_warning
 from paratAA.schedule import Schedule
 from paratAA.validation import NonFiniteError, check_callable, checked_output, require_int, validate_noise
@@ -64,8 +64,9 @@ class _SampleSolver(SampleStrategy):
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
         within_tolerance = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
-        within_floor = rho <= self.floor[lo:hi] if self.floor is not None and cfg.precision_floor else within_tolerance
-        converged = within_tolerance | within_floor
+        converged = within_tolerance
+        if self.floor is not None and cfg.precision_floor:
+            converged = converged | (rho <= self.floor[lo:hi])
         unconverged = torch.nonzero(~converged).flatten()
         highest_unconverged = int(unconverged.max()) if unconverged.numel() else None
 
@@ -87,7 +88,7 @@ class _SampleSolver(SampleStrategy):
         first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
                      by_safeguard=int(highest_unconverged is not None),
-                     by_floor=int((~within_tolerance[first_final:]).sum()))
+                     by_floor=int((converged & ~within_tolerance)[first_final:].sum()))
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -118,9 +119,7 @@ class Solver(BatchSolver):
                  **option_values: Any):
         validate_noise(schedule, noise)
         check_callable("eps_fn", eps_fn)
-        if options is not None and not isinstance(options, SolverOptions):
-            raise ValueError(f"options must be a paratAA.SolverOptions, got {type(options).__name__}")
-        settings = (options or RECOMMENDED).replace(**option_values).resolved(schedule.num_steps)
+        settings = merged_options(options, **option_values).resolved(schedule.num_steps)
         if settings.window_size == AUTO_WINDOW:
             raise ValueError("window_size='auto' is planned by paratAA.solve (paratAA.planner.solve_auto); "
                              "Solver needs a number")
@@ -149,7 +148,7 @@ class Solver(BatchSolver):
         ``paratAA.errors.PrecisionWarning`` when explicit tolerances lie below its measured floor."""
         for record in super().iterate():
             if record.iteration == 1 and self.floor_probe is not None and not self.settings.precision_floor:
-                floors = self.result().floors
+                floors = self.floors()
                 message = None if floors is None else floor_warning(
                     floors, self.schedule.sigma, self.settings.tol1, self.settings.tol2, self.settings.network_dtype)
                 if message is not None:
@@ -213,9 +212,8 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, options: Solve
             cannot fit the device's memory (``paratAA.memory``; checked before anything is allocated).
         NonFiniteError: the network returned NaN or inf, or the solver's state overflowed.
     """
-    merged = (options or RECOMMENDED).replace(**option_values) if options is None or isinstance(
-        options, SolverOptions) else None
-    if merged is not None and merged.window_size == AUTO_WINDOW:
+    merged = merged_options(options, **option_values)
+    if merged.window_size == AUTO_WINDOW:
         from paratAA.planner import solve_auto
 
         validate_noise(schedule, noise)
@@ -223,8 +221,7 @@ def solve(eps_fn: EpsFn, schedule: Schedule, noise: torch.Tensor, options: Solve
         merged.resolved(schedule.num_steps)  # the other options' errors before any measuring
         return solve_auto(eps_fn, schedule, noise, merged, callback=callback, init_trajectory=init_trajectory,
                           variation_steps=variation_steps)
-    solver = Solver(eps_fn, schedule, noise, options, init_trajectory=init_trajectory,
-                    variation_steps=variation_steps, **option_values)
+    solver = Solver(eps_fn, schedule, noise, merged, init_trajectory=init_trajectory, variation_steps=variation_steps)
     return solver.run(callback)
 
 

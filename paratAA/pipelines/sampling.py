@@ -17,7 +17,7 @@ import torch
 
 import paratAA
 from paratAA.errors import UnconvergedWarning
-from paratAA.options import AUTO_WINDOW, FULL_ORDER, RECOMMENDED, SolverOptions, option_names
+from paratAA.options import AUTO_WINDOW, FULL_ORDER, RECOMMENDED, SolverOptions, merged_options, option_names
 from paratAA.schedule import Schedule
 
 from .base import MISSING, Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, delegate, restore
@@ -87,11 +87,9 @@ def adapter_for(pipe: Any, max_batch_size: int | None = None, **options: Any) ->
 def split_options(options: SolverOptions | None, kwargs: dict[str, Any]) -> tuple[SolverOptions, dict[str, Any]]:
     """``options`` updated by the keyword arguments that name solver options, and the remaining keyword
     arguments (the pipeline call's own)."""
-    if options is not None and not isinstance(options, SolverOptions):
-        raise ValueError(f"options must be a paratAA.SolverOptions, got {type(options).__name__}")
     names = set(option_names())
     given = {name: value for name, value in kwargs.items() if name in names}
-    return (options or RECOMMENDED).replace(**given), {k: v for k, v in kwargs.items() if k not in names}
+    return merged_options(options, **given), {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _with_network_dtype(options: SolverOptions, adapter: PipelineAdapter) -> SolverOptions:
