@@ -9,7 +9,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from paratAA.pipelines import UnsupportedPipelineError, prepare, sample, supported
 from paratAA.pipelines.tiny import tiny_embeddings, tiny_pipeline
 from paratAA.pipelines.tiny_image2 import TINY_IMAGE2_CALL, tiny_image2_embeddings
-from paratAA.pipelines.video import unipc_supported
 
 STEPS = 6
 TIGHT = dict(tol1=1e-7, tol2=0.0)
@@ -122,7 +121,6 @@ def test_flux_kontext_reference_image_tokens_are_replayed_per_row():
     assert float((without - reference).abs().max()) > 1e-3
 
 
-@pytest.mark.skipif(not unipc_supported(), reason="UniPC not supported by paratAA.schedule yet")
 @pytest.mark.parametrize("kind", ["pixart", "sana"])
 def test_unipc_on_pixart_and_on_sanas_flow_sigmas(kind):
     from diffusers import UniPCMultistepScheduler

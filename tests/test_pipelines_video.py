@@ -10,11 +10,9 @@ from diffusers import CogVideoXDPMScheduler, FlowMatchEulerDiscreteScheduler
 from paratAA.pipelines import UnsupportedPipelineError, prepare, sample, supported
 from paratAA.pipelines.tiny import tiny_pipeline
 from paratAA.pipelines.tiny_video import TINY_VIDEO_CALL, WAN22_BOUNDARY_RATIO, tiny_video_embeddings
-from paratAA.pipelines.video import unipc_supported
 
 STEPS = 6
 TIGHT = dict(tol1=1e-7, tol2=0.0)  # converged: what remains is the pipeline's float32 loop
-UNIPC_MISSING = "UniPC not supported by paratAA.schedule yet"
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -29,13 +27,8 @@ def _switch(pipe, error: UnsupportedPipelineError) -> None:
 
 
 def _wan(kind: str = "wan"):
-    """The tiny Wan pipeline on its shipped UniPC scheduler, or (while paratAA.schedule does not read UniPC)
-    on flow-matching Euler with Wan's shift."""
-    pipe = tiny_pipeline(kind)
-    if not unipc_supported():
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config,
-                                                                     shift=pipe.scheduler.config.flow_shift)
-    return pipe
+    """The tiny Wan pipeline on its shipped UniPC scheduler."""
+    return tiny_pipeline(kind)
 
 
 def _kwargs(kind: str, **extra):
@@ -131,19 +124,11 @@ def test_wan_expand_timesteps_feeds_every_token_its_rows_timestep():
     _assert_same(pipe(**kwargs, generator=_generator()).frames, parallel, "latent")
 
 
-@pytest.mark.skipif(not unipc_supported(), reason=UNIPC_MISSING)
 def test_wan_with_its_shipped_unipc_scheduler():
     pipe = tiny_pipeline("wan")
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler"
     reference, parallel = _both(pipe, **_kwargs("wan", guidance_scale=5.0, output_type="latent"))
     _assert_same(reference, parallel, "latent")
-
-
-@pytest.mark.skipif(unipc_supported(), reason="UniPC is supported by paratAA.schedule")
-def test_wan_unipc_is_refused_until_paratAA_reads_it():
-    pipe = tiny_pipeline("wan")
-    with pytest.raises(UnsupportedPipelineError, match=r"^scheduler: UniPCMultistepScheduler is not supported"):
-        sample(pipe, **_kwargs("wan"))
 
 
 def test_wan_refused_scheduler_names_a_switch_that_works():

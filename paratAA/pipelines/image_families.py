@@ -2,7 +2,7 @@
 
 As ``paratAA.pipelines.families``: each class mirrors its pipeline's denoising-loop body
 (``__call__``): per-row conditioning, the timestep as the network gets it, guidance. Schedulers
-the project's ``Schedule`` cannot read yet (Sana's flow-sigma ``DPMSolverMultistepScheduler``)
+the project's ``Schedule`` does not read (Sana's flow-sigma ``DPMSolverMultistepScheduler``)
 are refused by name with the line that switches to one it reads.
 """
 
@@ -15,7 +15,6 @@ import torch
 from .base import PipelineAdapter
 from .families import FluxAdapter
 from .guidance import batched_cfg, true_cfg
-from .video import Schedulers
 
 __all__ = ["ChromaAdapter", "FluxKontextAdapter", "IMAGE_ADAPTERS", "PixArtSigmaAdapter", "QwenImageAdapter",
            "SanaAdapter"]
@@ -24,8 +23,6 @@ _FLOW_MATCH = "FlowMatchEulerDiscreteScheduler"
 _DPM = "DPMSolverMultistepScheduler"
 _UNIPC = "UniPCMultistepScheduler"
 # Sana's shipped scheduler: DPM-Solver++ on shifted flow sigmas (flow_prediction).
-SANA_DPM = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-SANA_UNIPC = SANA_DPM  # UniPC on the same flow sigmas (as Wan ships it)
 
 
 def _without_learned_sigma(prediction: torch.Tensor, module: Any, latent_channels: int) -> torch.Tensor:
@@ -101,7 +98,7 @@ class SanaAdapter(_BinnedImageAdapter):
     cast to float32 before guidance."""
 
     pipeline_classes = ("SanaPipeline",)
-    schedulers = Schedulers((_FLOW_MATCH,), ((_DPM, SANA_DPM), (_UNIPC, SANA_UNIPC)))
+    schedulers = (_FLOW_MATCH, _UNIPC)  # its shipped flow-sigma DPM-Solver++ is not read by paratAA.schedule
     suggested_scheduler = {"SanaPipeline": _FLOW_MATCH}
     suggested_arguments = {"SanaPipeline": ", shift=pipe.scheduler.config.get('flow_shift', 1.0)"}
     output_to_float = True
@@ -115,7 +112,7 @@ class PixArtSigmaAdapter(_BinnedImageAdapter):
     learned-sigma latents; the timestep as the scheduler's (int64)."""
 
     pipeline_classes = ("PixArtSigmaPipeline",)
-    schedulers = Schedulers((_DPM, "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler"), ((_UNIPC, {}),))
+    schedulers = (_DPM, "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", _UNIPC)
     suggested_scheduler = {"PixArtSigmaPipeline": _DPM}
 
 

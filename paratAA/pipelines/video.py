@@ -18,14 +18,12 @@ Family specifics:
   read as a ``DDIMScheduler`` carrying those values (checked against its own ``step``).
   ``CogVideoXDPMScheduler`` (a stochastic multistep sampler with its own ``step`` signature) is
   refused with the line that switches to the DDIM one.
-- Schedulers the project's ``Schedule`` cannot read yet (Wan's ``UniPCMultistepScheduler`` before
-  it lands in ``paratAA.schedule``) are refused by name with the switching line.
+- Schedulers the project's ``Schedule`` does not read are refused by name with the switching line.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 from typing import Any
 
@@ -36,51 +34,12 @@ from paratAA.schedule import Schedule, ScheduleError
 from .base import NetworkCall, PipelineAdapter, UnsupportedPipelineError
 from .guidance import batched_cfg, true_cfg
 
-__all__ = ["CogVideoXAdapter", "HunyuanVideoAdapter", "LTXAdapter", "Schedulers", "VIDEO_ADAPTERS", "VideoAdapter",
-           "WanAdapter", "schedule_reads", "unipc_supported"]
+__all__ = ["CogVideoXAdapter", "HunyuanVideoAdapter", "LTXAdapter", "VIDEO_ADAPTERS", "VideoAdapter",
+           "WanAdapter"]
 
 _FLOW_MATCH = "FlowMatchEulerDiscreteScheduler"
-# Wan's own scheduler configuration (UniPC on shifted flow sigmas), used to detect support in paratAA.schedule.
-_WAN_UNIPC = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
 # The FlowMatchEulerDiscreteScheduler line for pipelines shipping flow-sigma multistep schedulers (shift kept).
 _FLOW_SHIFT = ", shift=pipe.scheduler.config.get('flow_shift', 1.0)"
-
-
-@functools.cache
-def schedule_reads(scheduler_class: str, **config: Any) -> bool:
-    """Whether ``paratAA.Schedule.from_scheduler`` reads a diffusers ``scheduler_class`` of this configuration.
-
-    Tried once per process on a 4-step instance: a capability probe, so any failure (a
-    ``ScheduleError`` naming the unsupported scheduler, or anything else) reads as not supported.
-    Lets an adapter list a scheduler as soon as ``paratAA.schedule`` supports it (Wan's UniPC).
-    """
-    import diffusers
-
-    try:
-        scheduler = getattr(diffusers, scheduler_class)(**config)
-        scheduler.set_timesteps(4)
-        Schedule.from_scheduler(scheduler)
-    except Exception:  # noqa: BLE001  (a probe: whatever fails is not supported)
-        return False
-    return True
-
-
-def unipc_supported() -> bool:
-    """Whether ``paratAA.schedule`` reads Wan's ``UniPCMultistepScheduler`` (flow sigmas, shift 3)."""
-    return schedule_reads("UniPCMultistepScheduler", **_WAN_UNIPC)
-
-
-class Schedulers:
-    """An adapter's ``schedulers``: names always run, and names run once ``schedule_reads`` says so.
-
-    A descriptor, so the probe runs on first use (``adapter_for``, ``supported()``), not at import.
-    """
-
-    def __init__(self, always: tuple[str, ...], when_read: tuple[tuple[str, dict[str, Any]], ...] = ()):
-        self.always, self.when_read = always, when_read
-
-    def __get__(self, obj: Any, owner: type | None = None) -> tuple[str, ...]:
-        return self.always + tuple(name for name, config in self.when_read if schedule_reads(name, **config))
 
 
 class VideoAdapter(PipelineAdapter):
@@ -106,7 +65,7 @@ class WanAdapter(VideoAdapter):
     """
 
     pipeline_classes = ("WanPipeline",)
-    schedulers = Schedulers((_FLOW_MATCH,), (("UniPCMultistepScheduler", _WAN_UNIPC),))
+    schedulers = (_FLOW_MATCH, "UniPCMultistepScheduler")
     suggested_scheduler = {"WanPipeline": _FLOW_MATCH}
     suggested_arguments = {"WanPipeline": _FLOW_SHIFT}
     denoiser = "transformer"
@@ -264,8 +223,7 @@ class CogVideoXAdapter(VideoAdapter):
     """
 
     pipeline_classes = ("CogVideoXPipeline",)
-    schedulers = Schedulers(("CogVideoXDDIMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"),
-                            (("UniPCMultistepScheduler", {}),))
+    schedulers = ("CogVideoXDDIMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler")
     suggested_scheduler = {"CogVideoXPipeline": "CogVideoXDDIMScheduler"}
     denoiser = "transformer"
     latent_argument = "hidden_states"
