@@ -392,7 +392,6 @@ class BatchSolver:
             inputs.append(x)
             steps.append(sample_steps)
             owners.append(torch.full_like(sample_steps, k))
-        rows = sum(len(s) for s in steps)
         # First iteration of a half-precision network: probe rows ride along in the same call.
         probes = ([self.floor_probe.rows(x, s) for x, s in zip(inputs, steps)]
                   if self.floor_probe is not None and not self.records else [])
@@ -422,7 +421,7 @@ class BatchSolver:
         x0 = torch.stack([sample.estimate() for sample in self._samples])
         synchronize(device)
         return IterationRecord(
-            iteration=len(self.records) + 1, windows=windows, evaluations=rows + sum(len(p[1]) for p in probes),
+            iteration=len(self.records) + 1, windows=windows, evaluations=x.shape[0],
             max_residual=residuals,
             frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
             solver_seconds=time.perf_counter() - start - network_seconds, x0=x0, done=self.done)

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from paratAA import Schedule, ScheduleError, sequential, solve
 from paratAA.baselines.paradigms import solve_paradigms
 from paratAA.baselines.parasolver import solve_parasolver
-from tests.mixture_problems import mixture_problem, scheduler_loop
+from tests.mixture_problems import check_warm_start_evaluates_once, mixture_problem, scheduler_loop
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -85,19 +85,8 @@ def test_picard_baselines_and_prediction_types_converge():
 
 
 def test_warm_start_evaluates_the_step_above_its_frontier_once():
-    schedule, eps_fn, noise = _problem(20)
-    reference = sequential(eps_fn, schedule, noise)
-    calls = []
-
-    def counting(x, steps, samples):
-        calls.append(steps.clone())
-        return eps_fn(x, steps, samples)
-
     # Started on the exact trajectory above step 10: step 9 needs step 10's output, made from x[11].
-    result = solve(counting, schedule, noise, tol1=0.0, tol2=0.0, init_trajectory=reference, variation_steps=10)
-    assert float((result.samples - reference[:, 0]).abs().max()) < 1e-10
-    assert int((calls[0] == 10).sum()) == 2 and all(int((c == 10).sum()) == 0 for c in calls[1:])
-    assert result.evaluations == sum(len(c) for c in calls)
+    check_warm_start_evaluates_once(*_problem(20), frontier=10, above=(10,))
 
 
 def test_unsupported_settings_are_refused_by_name():

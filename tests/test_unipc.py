@@ -15,7 +15,7 @@ from diffusers import UniPCMultistepScheduler
 from paratAA import Schedule, ScheduleError, sequential, solve
 from paratAA.baselines.paradigms import solve_paradigms
 from paratAA.baselines.parasolver import solve_parasolver
-from tests.mixture_problems import mixture_problem, scheduler_loop
+from tests.mixture_problems import check_warm_start_evaluates_once, mixture_problem, scheduler_loop
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -151,21 +151,9 @@ def test_picard_baselines_converge(setting):
 
 
 def test_warm_start_evaluates_each_level_above_its_frontier_once():
-    schedule, eps_fn, noise = _problem(20, **WAN)
-    reference = sequential(eps_fn, schedule, noise)
-    calls = []
-
-    def counting(x, steps, samples):
-        calls.append(steps.clone())
-        return eps_fn(x, steps, samples)
-
-    # Started on the exact trajectory above step 10: step 9 needs the outputs of steps 10 and 11.
-    result = solve(counting, schedule, noise, tol1=0.0, tol2=0.0, init_trajectory=reference, variation_steps=10)
-    assert float((result.samples - reference[:, 0]).abs().max()) < 1e-10
-    for above in (10, 11):
-        assert int((calls[0] == above).sum()) == 2 and all(int((c == above).sum()) == 0 for c in calls[1:])
+    # Started on the exact trajectory above step 10: step 9 needs the outputs of steps 10 and 11, not 12's.
+    calls = check_warm_start_evaluates_once(*_problem(20, **WAN), frontier=10, above=(10, 11))
     assert int((calls[0] == 12).sum()) == 0
-    assert result.evaluations == sum(len(c) for c in calls)
 
 
 REFUSED = {
