@@ -35,11 +35,10 @@ at T); the scripts' orders (DiT 100, SD 20) are theirs (``--paper`` in the entry
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
+from paratAA.arguments import is_bool, require_bool, require_int, require_real
 from paratAA.errors import OptionError
 
 __all__ = ["AUTO_WINDOW", "DEFAULT_TOLERANCE", "FULL_ORDER", "INIT_RULES", "MAP_FORMS", "NETWORK_DTYPES",
@@ -140,29 +139,28 @@ class SolverOptions:
         window = num_steps if self.window_size is None else self.window_size
         auto = window == AUTO_WINDOW  # left for paratAA.planner to resolve (it knows the device)
         if not auto:
-            _require_int(flag, "window_size", window)
+            _checked("window_size", require_int, flag, window)
         order = (num_steps if auto else window) if self.order == FULL_ORDER else self.order
-        _require_int(flag, "order", order)
+        _checked("order", require_int, flag, order)
         if not auto and order > window:
             raise OptionError("order", f"{flag('order')} ({order}) must not exceed {flag('window_size')} ({window})")
-        _require_int(flag, "memory_size", self.memory_size)
+        _checked("memory_size", require_int, flag, self.memory_size)
         tolerances = {name: DEFAULT_TOLERANCE if getattr(self, name) is None else getattr(self, name)
                       for name in ("tol1", "tol2")}
         for name, value in tolerances.items():
-            _require_real(flag, name, value)
-        _require_real(flag, "anderson_lambda", self.anderson_lambda, strict=True)
-        if not _is_bool(self.reanchor):
-            raise OptionError("reanchor", f"{flag('reanchor')} must be True or False, got {self.reanchor!r}")
+            _checked(name, require_real, flag, value)
+        _checked("anderson_lambda", require_real, flag, self.anderson_lambda, strict=True)
+        _checked("reanchor", require_bool, flag, self.reanchor)
         for name, choices in (("map_form", MAP_FORMS), ("init", INIT_RULES)):
             if getattr(self, name) not in choices:
                 raise OptionError(name, f"{flag(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if self.max_iters is not None:
-            _require_int(flag, "max_iters", self.max_iters)
+            _checked("max_iters", require_int, flag, self.max_iters)
         network_dtype = _network_dtype(flag, self.network_dtype)
         floor = self.precision_floor
         if floor is None:
             floor = self.tol1 is None and self.tol2 is None
-        elif not _is_bool(floor):
+        elif not is_bool(floor):
             raise OptionError("precision_floor", f"{flag('precision_floor')} must be True, False or None, got {floor!r}")
         # A window larger than T is capped at T; the order K only ever acts up to the window's length.
         # With "auto", the order stays as given (the planner caps it at the window it picks).
@@ -193,13 +191,13 @@ def option_names() -> tuple[str, ...]:
     return tuple(_FIELDS)
 
 
-def _is_bool(value: object) -> bool:
-    return type(value).__name__ in ("bool", "bool_")
-
-
-def _require_int(flag: Callable[[str], str], name: str, value: object) -> None:
-    if not isinstance(value, numbers.Integral) or _is_bool(value) or value < 1:
-        raise OptionError(name, f"{flag(name)} must be an integer >= 1, got {value!r}")
+def _checked(option: str, check: Callable[..., None], flag: Callable[[str], str], value: object,
+             **bounds: Any) -> None:
+    """``check`` (``paratAA.arguments``) of one option, its error an ``OptionError`` naming it as ``flag`` does."""
+    try:
+        check(flag(option), value, **bounds)
+    except ValueError as error:
+        raise OptionError(option, str(error)) from None
 
 
 def _network_dtype(flag: Callable[[str], str], dtype: object) -> str | None:
@@ -211,12 +209,6 @@ def _network_dtype(flag: Callable[[str], str], dtype: object) -> str | None:
         raise OptionError("network_dtype", f"{flag('network_dtype')} must be one of {NETWORK_DTYPES} or a torch "
                                            f"dtype of those, got {dtype!r}")
     return name
-
-
-def _require_real(flag: Callable[[str], str], name: str, value: object, *, strict: bool = False) -> None:
-    ok = isinstance(value, numbers.Real) and not _is_bool(value) and math.isfinite(value)
-    if not ok or value < 0 or (strict and value == 0):
-        raise OptionError(name, f"{flag(name)} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
 
 
 RECOMMENDED = SolverOptions()

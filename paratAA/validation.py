@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
-import numpy as np
 import torch
 
+from paratAA.arguments import is_bool, is_int, is_real, require_bool, require_int, require_real
 from paratAA.errors import NonFiniteError
 from paratAA.schedule import Schedule
 
@@ -62,37 +60,3 @@ def check_callable(name: str, fn: Any) -> None:
     """ValueError unless ``fn`` can be called (checked up front, not at the first iteration)."""
     if not callable(fn):
         raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
-
-
-def is_bool(v: object) -> bool:
-    """A Python or numpy bool."""
-    return isinstance(v, (bool, np.bool_))
-
-
-def is_int(v: object) -> bool:
-    """An integer (Python or numpy, any ``numbers.Integral``) that is not a bool."""
-    return isinstance(v, numbers.Integral) and not is_bool(v)
-
-
-def is_real(v: object) -> bool:
-    """A real number (Python or numpy int or float, any ``numbers.Real``) that is not a bool."""
-    return isinstance(v, numbers.Real) and not is_bool(v)
-
-
-def require_int(name: str, value: object, low: int = 1, high: int | None = None) -> None:
-    """ValueError naming ``name`` unless ``value`` is an integer (Python or numpy, not a bool) in ``[low, high]``."""
-    if not is_int(value) or value < low or (high is not None and value > high):
-        where = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be an integer {where}, got {value!r}")
-
-
-def require_real(name: str, value: object, low: float = 0.0, *, strict: bool = False) -> None:
-    """ValueError naming ``name`` unless ``value`` is a finite real number ``>= low`` (``> low`` if ``strict``)."""
-    if not is_real(value) or not math.isfinite(value) or value < low or (strict and value == low):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-
-
-def require_bool(name: str, value: object) -> None:
-    """ValueError naming ``name`` unless ``value`` is a bool (a string such as ``"no"`` is not)."""
-    if not is_bool(value):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
