@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from paratAA.cli.process import USAGE_EXIT, is_reporting_process, tell_launcher, user_errors
 from paratAA.errors import UsageError, first_line
 from paratAA.options import AUTO_WINDOW, INIT_RULES, MAP_FORMS, PAPER, RECOMMENDED, SolverOptions
-from paratAA.pipelines.defaults import SAMPLERS
+from paratAA.pipelines.defaults import MODEL_DTYPES, SAMPLERS
 
 if TYPE_CHECKING:  # torch is imported after parsing, so that --help and usage errors are fast
     import torch
 
-DTYPES = ("float32", "float16", "bfloat16")  # --dtype: the network's precision (the solver's state is float64)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -169,7 +168,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: ReferenceDefaults
     model = parser.add_argument_group("model")
     model.add_argument("--model_path", default=defaults.model_path,
                        help=defaults.model_help + " (default: %(default)s)")
-    model.add_argument("--dtype", choices=DTYPES, default=None,
+    model.add_argument("--dtype", choices=MODEL_DTYPES, default=None,
                        help="precision the network runs in; the solver's state stays float64 and its stop rule "
                             "allows for the network's rounding (default: float32)")
     model.add_argument("--fp16", action="store_true", help="the same as --dtype float16")

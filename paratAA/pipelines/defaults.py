@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "DEFAULT_SD", "DIGITS_MODEL", "DIT_DDIM", "DIT_SCHEDULER_CONFIG",
-           "GUIDANCE_RULES", "SAMPLERS", "TINY_KINDS", "TINY_MODEL", "TINY_PREFIX", "digits_dir", "is_tiny", "tiny_kind"]
+           "GUIDANCE_RULES", "MODEL_DTYPES", "SAMPLERS", "TINY_KINDS", "TINY_MODEL", "TINY_PREFIX", "digits_dir",
+           "is_tiny", "tiny_kind"]
 
 DEFAULT_DIT = "facebook/DiT-XL-2-256"
 # The VAE the DiT authors sample with (their sample.py default); used when the model brings none.
@@ -22,6 +23,8 @@ DIT_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=
 # DiT's respaced DDIM (the original DiT code's sampler): linspace(0, 999, T).round() timesteps, alpha_bar = 1 after
 # the last step, no clipping; applied over the pipeline's own scheduler configuration.
 DIT_DDIM = dict(timestep_spacing="linspace", set_alpha_to_one=True, steps_offset=0, clip_sample=False)
+# The precisions a pipeline loads and runs in (load_pipeline's dtype, the scripts' --dtype); the solver's state is float64.
+MODEL_DTYPES = ("float32", "float16", "bfloat16")
 # What ``PipelineRunner(sampler=...)`` and the scripts' --sampler build over a pipeline's scheduler configuration.
 SAMPLERS = ("ddim", "dpm++2m", "unipc")
 # --model_path digits: the small trained pixel-space DiT in the repository's models/digits

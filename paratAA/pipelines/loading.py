@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .defaults import DEFAULT_DIT_VAE, DIGITS_MODEL, DIT_SCHEDULER_CONFIG, digits_dir, tiny_kind
+from .defaults import DEFAULT_DIT_VAE, DIGITS_MODEL, DIT_SCHEDULER_CONFIG, MODEL_DTYPES, digits_dir, tiny_kind
 from .locations import ModelLoadError, load_pretrained, quiet_library_notices, resolve_location
 
 __all__ = ["DIT", "FLUX", "SD", "SD3", "SDXL", "load_pipeline", "pipeline_class", "place"]
@@ -172,10 +172,10 @@ def load_pipeline(model_path: str, device: Any = "cpu", dtype: Any = "float32", 
     name = TINY_CLASSES[kind] if source is None else source.name
     if check is not None:
         check(name)
-    if isinstance(dtype, str) and dtype in ("float32", "float16", "bfloat16"):
+    if isinstance(dtype, str) and dtype in MODEL_DTYPES:
         dtype = getattr(torch, dtype)
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be 'float32', 'float16' or 'bfloat16' (or that torch dtype), got {dtype!r}")
+    if dtype not in tuple(getattr(torch, name) for name in MODEL_DTYPES):
+        raise ValueError(f"dtype must be one of {MODEL_DTYPES} (or that torch dtype), got {dtype!r}")
     if source is None:
         from .tiny import tiny_pipeline
 
