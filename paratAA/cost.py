@@ -8,10 +8,12 @@ from this curve.
 
 ``measure_cost`` times the network through the very ``eps_fn`` the solve will call (after a
 warm-up call), at a handful of row counts (1, ``B`` and a geometric ladder up to the largest window
-x ``B``), and ``fit_cost`` fits ``cost(rows) = max(flat, offset + slope * rows)`` to the timings
-(relative least squares, so a 5 ms and a 500 ms call weigh alike). Under a multi-process launch
-each call's rows are split across the processes (``paratAA.distributed.shard_eps_fn``): the curve
-is fitted and predicted in per-process rows (``CostModel.processes``).
+x ``B``, climbed in order and left as soon as three timings lie on one rising line: past the knee the
+cost is linear, so larger calls are predicted rather than paid for), and ``fit_cost`` fits
+``cost(rows) = max(flat, offset + slope * rows)`` to the timings (relative least squares, so a 5 ms
+and a 500 ms call weigh alike). Under a multi-process launch each call's rows are split across the
+processes (``paratAA.distributed.shard_eps_fn``): the curve is fitted and predicted in per-process
+rows (``CostModel.processes``).
 
 The measured model is cached for the process's lifetime (``cached_cost``), keyed by the model's id
 (or the ``eps_fn``'s identity), its device, dtype, latent shape and process count; the seconds
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import time
 import weakref
@@ -40,6 +43,8 @@ __all__ = ["CostModel", "cached_cost", "clear_cache", "fit_cost", "measure_cost"
 
 Timer = Callable[[], float]
 SLOW_CALL_SECONDS = 0.25  # measure_cost times calls at least this slow only once
+LINE_TOLERANCE = 0.1  # three timings within 10% of one line ...
+RISE = 1.2  # ... whose last is 20% above its first: the linear part of the curve is reached
 _TIMER: contextvars.ContextVar[Timer | None] = contextvars.ContextVar("paratAA_cost_timer", default=None)
 
 
@@ -68,6 +73,8 @@ class CostModel:
         processes: the processes each call's rows are split across (1: a single process).
         measured: ``(rows, seconds)`` of the timed calls (rows as passed to ``eps_fn``).
         measure_seconds: wall-clock spent measuring (warm-up included).
+        linear_reached: the measurement reached the linear part of the curve (``past_the_knee``),
+            so the model stands for any larger call too, not only up to its largest timed one.
     """
 
     flat: float
@@ -76,6 +83,7 @@ class CostModel:
     processes: int = 1
     measured: tuple[tuple[int, float], ...] = ()
     measure_seconds: float = 0.0
+    linear_reached: bool = False
 
     def per_process_rows(self, rows: int) -> int:
         """The rows the busiest process evaluates in a call of ``rows`` rows."""
@@ -110,7 +118,8 @@ def _weighted_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
     design = torch.stack([w, w * xs], dim=1)
     solution = torch.linalg.lstsq(design, torch.ones_like(ys)).solution
     offset, slope = float(solution[0]), float(solution[1])
-    if slope < 0:  # noise made it decrease: a flat line at the weighted mean
+    # Noise made it decrease, or rise by rounding only over the range: a flat line at the weighted mean.
+    if slope < 0 or slope * max(x) <= 1e-9 * abs(offset):
         return float(len(ys) / w.sum()), 0.0
     return offset, slope
 
@@ -186,7 +195,8 @@ def measure_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_
     The inputs are copies of ``latent`` at steps spread over the trajectory, rows assigned to the
     samples in turn (so per-sample conditioning is exercised as in a solve). One warm-up call at the
     largest row count comes first (allocations, kernels' first launch); each count is then timed
-    ``repeats`` times.
+    ``repeats`` times. The ladder is climbed in order and left once three consecutive timings lie on
+    one rising line (``past_the_knee``): larger calls would only confirm the line, at the most cost.
 
     Args:
         eps_fn: the network as the solve calls it (``paratAA.EpsFn``).
@@ -215,18 +225,52 @@ def measure_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_
         synchronize(device)
         return max(clock() - begin, 1e-9)
 
-    call(rows_list[-1])  # warm-up
-    rows, seconds = [], []
+    call(rows_list[min(1, len(rows_list) - 1)])  # warm-up, at B rows (the sequential sampler's call)
     # Under torch.distributed a sharded eps_fn is a collective call: every process must make the same calls.
     collective = torch.distributed.is_available() and torch.distributed.is_initialized()
-    for repeat in range(repeats):
-        for r in rows_list:
+    rows, seconds = [], []
+    linear_reached = False
+    for r in rows_list:
+        rows.append(r)
+        seconds.append(call(r))
+        linear_reached = _agreed_flag(past_the_knee(list(zip(rows, seconds))), collective)
+        if linear_reached:
+            break
+    timed = list(rows)
+    for _ in range(1, repeats):
+        for r in timed:
             # a call slower than SLOW_CALL_SECONDS is timed once: its relative noise is small, its cost is not
-            if repeat and not collective and any(m >= SLOW_CALL_SECONDS for n, m in zip(rows, seconds) if n == r):
+            if not collective and any(m >= SLOW_CALL_SECONDS for n, m in zip(rows, seconds) if n == r):
                 continue
             rows.append(r)
             seconds.append(call(r))
-    return fit_cost(rows, seconds, processes=processes, measure_seconds=clock() - start)
+    model = fit_cost(rows, seconds, processes=processes, measure_seconds=clock() - start)
+    return dataclasses.replace(model, linear_reached=linear_reached)
+
+
+def past_the_knee(timings: Sequence[tuple[int, float]]) -> bool:
+    """Whether the last three ``(rows, seconds)`` (rows ascending) lie on one rising line.
+
+    The line through the first two predicts the third within ``LINE_TOLERANCE`` and the third is at
+    least ``RISE`` times the first: in the flat part the time does not rise, and across the knee the
+    line through a flat point and a rising one misses the next.
+    """
+    if len(timings) < 3:
+        return False
+    (r0, t0), (r1, t1), (r2, t2) = timings[-3:]
+    if t2 < RISE * t0 or r1 <= r0:
+        return False
+    predicted = t1 + (t1 - t0) / (r1 - r0) * (r2 - r1)
+    return abs(predicted - t2) <= LINE_TOLERANCE * t2
+
+
+def _agreed_flag(flag: bool, collective: bool) -> bool:
+    """The main process's ``flag`` on every process of a torch.distributed group (timings differ)."""
+    if not collective or torch.distributed.get_world_size() == 1:
+        return flag
+    box = [flag]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 _CACHE: dict[Hashable, tuple[Any, CostModel]] = {}
@@ -249,7 +293,8 @@ def cached_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_s
 
     Returns:
         ``(model, measured_now)``: ``measured_now`` is False when it came from the cache (no time spent).
-        A cached model measured up to fewer rows than ``max_rows`` is measured again.
+        A cached model measured up to fewer rows than ``max_rows``, short of its linear part, is
+        measured again.
     """
     shape = tuple(latent.shape)
     identity = key if key is not None else ("eps_fn", id(eps_fn))
@@ -258,7 +303,7 @@ def cached_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_s
     if hit is not None:
         owner, model = hit
         alive = owner is None or (owner() if isinstance(owner, weakref.ref) else owner) is eps_fn
-        if alive and max(r for r, _ in model.measured) >= max_rows:
+        if alive and (model.linear_reached or max(r for r, _ in model.measured) >= max_rows):
             return model, False
     model = measure_cost(eps_fn, latent, num_steps, batch, max_rows, processes=processes, timer=timer)
     if key is not None:

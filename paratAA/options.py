@@ -67,9 +67,9 @@ class SolverOptions:
     """
 
     window_size: int | str | None = field(default=None, metadata=_help(
-        "steps evaluated in parallel per sample and iteration, >= 1, capped at T (default: T); 'auto': the "
-        "window of least predicted wall-clock on this device, or the sequential sampler when none is predicted "
-        "to beat it (paratAA.planner: measures the network's cost once per process)"))
+        "steps evaluated in parallel per sample and iteration, >= 1, capped at T (default: T; sample(pipe): "
+        "'auto'); 'auto': the window of least predicted wall-clock on this device, or the sequential sampler "
+        "when none is predicted to beat it (paratAA.planner: measures the network's cost once per process)"))
     order: int | str = field(default=FULL_ORDER, metadata=_help(
         "K of the order-K equations, 1 <= order <= window_size (default: the window size)"))
     memory_size: int = field(default=2, metadata=_help(

@@ -45,7 +45,7 @@ def test_the_suggested_scheduler_switch_works_as_printed(kind):
         sample(pipe, **kwargs)
     line = re.search(r"Switch with: (.*)$", str(error.value)).group(1)
     exec(line, {"pipe": pipe})  # noqa: S102 - the line the message tells the user to run
-    out = sample(pipe, tol1=1e-7, tol2=1e-7, **kwargs)
+    out = sample(pipe, tol1=1e-7, tol2=1e-7, window_size=STEPS, **kwargs)
     kwargs["generator"] = torch.Generator().manual_seed(0)
     expected = pipe(**kwargs).images
     difference = np.abs(np.asarray(out.images, dtype=np.float64) - np.asarray(expected, dtype=np.float64)).max()

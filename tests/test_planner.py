@@ -58,15 +58,32 @@ def test_measure_uses_the_injected_timer_and_counts_its_time():
     assert ladder[0] == 1 and 2 in ladder and ladder[-1] == 20
 
 
+@pytest.mark.parametrize("knee", [1, 16])
+def test_measuring_stops_once_the_cost_is_linear(knee):
+    """Past the knee, three timings on one rising line end the ladder: the large calls are predicted."""
+    device = VirtualDevice(lambda x, s, k: x, flat=0.01, knee=knee)
+    model = measure_cost(device, torch.zeros(1, 4, 4), 100, 4, 400)
+    timed = sorted({r for r, _ in model.measured})
+    assert model.linear_reached and timed[-1] < 400 and timed[-1] > knee
+    assert model.seconds(400) == pytest.approx(device.curve(400), rel=0.02)  # the skipped call, predicted
+    assert model.knee == pytest.approx(knee, rel=0.1, abs=1.0)
+    flat = VirtualDevice(lambda x, s, k: x, flat=0.01, knee=1000)  # never rises: the whole ladder is timed
+    assert max(r for r, _ in measure_cost(flat, torch.zeros(1, 4, 4), 100, 4, 400).measured) == 400
+
+
 def test_cost_is_cached_per_function_and_key():
     cost_module.clear_cache()
-    device = VirtualDevice(lambda x, s, k: x, flat=0.01, knee=4)
+    device = VirtualDevice(lambda x, s, k: x, flat=0.01, knee=64)  # flat over every timed call
     latent = torch.zeros(1, 4, 4)
     first, measured = cached_cost(device, latent, 10, 2, 20)
     again, measured_again = cached_cost(device, latent, 10, 2, 20)
-    assert measured and not measured_again and again is first
-    _, bigger = cached_cost(device, latent, 10, 2, 40)  # more rows than measured: measured again
+    assert measured and not measured_again and again is first and not first.linear_reached
+    _, bigger = cached_cost(device, latent, 10, 2, 40)  # more rows than measured, all flat: measured again
     assert bigger
+    linear = VirtualDevice(lambda x, s, k: x, flat=0.01, knee=4)
+    model, _ = cached_cost(linear, latent, 10, 2, 20)
+    assert model.linear_reached  # so it stands for larger calls: not measured again
+    assert cached_cost(linear, latent, 10, 2, 400) == (model, False)
     with use_timer(lambda: 0.0):  # a context's timer: a constant clock gives the floor timings
         keyed, _ = cached_cost(lambda x, s, k: x, latent, 10, 2, 20, key="model-a")
     assert keyed.flat == pytest.approx(1e-9)
@@ -162,7 +179,7 @@ def test_speed_line_wording_and_summary_fields():
 
 
 @pytest.mark.parametrize("knee", [1, 4096])
-def test_sample_pipe_auto_either_way_matches_the_pipeline(knee):
+def test_sample_pipe_plans_by_default_and_either_way_matches_the_pipeline(knee):
     from diffusers import DDIMScheduler
 
     from paratAA.pipelines import sample
@@ -185,7 +202,7 @@ def test_sample_pipe_auto_either_way_matches_the_pipeline(knee):
     try:
         with use_timer(lambda: clock["now"]), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = sample(pipe, window_size="auto", tol1=1e-6, tol2=0.0, **kwargs,
+            out = sample(pipe, tol1=1e-6, tol2=0.0, **kwargs,  # no window given: sample(pipe) plans it ('auto')
                          generator=torch.Generator().manual_seed(0))
     finally:
         del pipe.unet.forward

@@ -84,12 +84,12 @@ def test_sample_reads_the_pipeline_dtype_and_warns_on_unconverged_images():
     pipe = tiny_pipeline("sdxl").to(dtype=torch.bfloat16)
     kwargs = dict({k: v.to(torch.bfloat16) for k, v in tiny_embeddings("sdxl", 2).items()}, num_inference_steps=12,
                   output_type="latent", generator=torch.Generator().manual_seed(0))
-    out = sample(pipe, **kwargs)
+    out = sample(pipe, window_size=12, **kwargs)  # fixed: the parallel solve, not the planner's choice
     assert out.result.floors is not None and set(out.result.stop_reasons) <= {"floor", "tolerance"}
     assert out.result.iterations < 12
     kwargs["generator"] = torch.Generator().manual_seed(0)
     with pytest.warns(UnconvergedWarning, match="max_iters stopped the solve after 2 iterations"):
-        sample(pipe, max_iters=2, **kwargs)
+        sample(pipe, max_iters=2, window_size=12, **kwargs)
 
 
 def test_floor_probe_measures_the_output_jump_of_a_rounding_network():

@@ -153,10 +153,13 @@ def sample(pipe: Any, options: SolverOptions | None = None, *, callback: Callbac
         options: the solver's method (``paratAA.SolverOptions``; default ``paratAA.RECOMMENDED``).
             Any of its fields may also be given as a keyword argument (``tol1=1e-3``,
             ``window_size=8``, ``init="copy"``, ...), which wins over ``options``.
-            ``window_size="auto"`` (opt-in; the default stays the whole trajectory) measures the
-            network's cost on this device once per process and pipeline, then solves with the
-            window of least predicted wall-clock, or lets the pipeline's own loop run when no
-            window is predicted to beat it (one ``paratAA.planner.SequentialChoiceWarning``).
+            The window defaults to ``"auto"`` here (``paratAA.solve``'s default is the whole
+            trajectory): the network's cost on this device is measured once per process and
+            pipeline, then the solve uses the window of least predicted wall-clock, or the
+            pipeline's own loop runs when no window is predicted to beat it (one
+            ``paratAA.planner.SequentialChoiceWarning``; on a CPU, whose cost grows with every
+            row, that is the usual outcome). A number (``window_size=num_inference_steps`` for
+            the whole trajectory) fixes the window and always solves in parallel.
         callback: called with every ``paratAA.IterationRecord`` as the solve goes.
         max_batch_size: most rows per network forward pass (guidance copies included); default 64
             (with ``adapter``: the adapter's own).
@@ -178,6 +181,8 @@ def sample(pipe: Any, options: SolverOptions | None = None, *, callback: Callbac
         ValueError: a solver option out of range (named).
     """
     options, pipe_kwargs = split_options(options, kwargs)
+    if options.window_size is None:  # the caller fixed no window: plan it for this device
+        options = options.replace(window_size=AUTO_WINDOW)
     _check_callbacks(callback, pipe_kwargs)
     adapter = _adapter(pipe, adapter, max_batch_size)
     options = _with_network_dtype(options, adapter)
