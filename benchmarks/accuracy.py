@@ -6,7 +6,8 @@ iterations (the largest over the batch's samples), network evaluations and the l
 difference of the final samples from the sequential sampler's (same noise), and reports, per
 method, the **fewest iterations that reach a max difference <= 1e-2, 1e-3 and 1e-4**.
 
-Methods (``paratAA.solve`` with ``order`` K, ``memory_size`` m, ``map_form``; tol1 = tol2 = tol):
+Methods (the registry ``benchmarks.methods``; ``paratAA.solve`` with ``order`` K, ``memory_size`` m, ``map_form``;
+tol1 = tol2 = tol):
 
 - ``FP`` (K 1, m 1), ``FP+`` (K = window, m 1), ``ParaTAA paper m2`` / ``m3`` (affine form, the
   paper's equations, K = window), ``ParaTAA inc m2`` (increment form, new steps copied as in the
@@ -34,7 +35,7 @@ row's *bar*, and per method the fewest iterations reaching <= 1x, 1.5x and 2x th
 beside the absolute thresholds. A half-precision sweep also stops once a run is within the bar
 (every multiple reached; absolute thresholds below the bar are then not searched further), within
 ``--stop_below`` of the half-precision sequential sample, or ends exactly where the previous
-(looser) run ended (floor-bound: tighter tolerances change nothing). Problems come from ``benchmarks.compare``:
+(looser) run ended (floor-bound: tighter tolerances change nothing). Problems come from ``benchmarks.problems``:
 ``digits`` (the trained pixel-space DiT of ``models/digits``, guidance ``--cfg_scales``), ``gmm``
 (the analytic Gaussian mixture, 4x32x32), the tiny random models and real models by path.
 
@@ -57,26 +58,20 @@ import json
 import statistics
 import sys
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from benchmarks.compare import OWN_SAMPLER_PROBLEMS, PROBLEMS, latent_metrics, load_problem
+from benchmarks.methods import HALF, METHODS, Method, latent_metrics
+from benchmarks.problems import OWN_SAMPLER_PROBLEMS, PROBLEMS, load_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "accuracy.json"
 THRESHOLDS = (1e-2, 1e-3, 1e-4)
 BAR_MULTIPLES = (1.0, 1.5, 2.0)  # half precision: thresholds relative to the half-precision sequential sample's distance
-HALF = ("float16", "bfloat16")
 DTYPES = ("float32", *HALF)
 STOP_BELOW = 3e-5  # a sweep stops once a run is this close to the sequential sample (or takes T iterations)
-# Tolerances swept, loose to tight: tol1 = tol2 for paratAA.solve; the noise-relative tolerance of
-# ParaDiGMS and ParaSolver (their bounds are tolerance^2 * sigma^2 on a mean squared change).
-SOLVE_TOLERANCES = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
-STRIDE_TOLERANCES = (0.5, 0.2, 0.1, 0.05, 0.02, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
 # Scenarios: name -> (sampler, T, eta). "ddim" builds a DDIMScheduler (eta may be 1), "ddpm" a DDPMScheduler,
 # "flow" SD3's FlowMatchEulerDiscreteScheduler (shift 3; the gmm problem only: its exact rectified-flow velocity),
 # "dpm" DPMSolverMultistepScheduler (DPM-Solver++ 2M, multistep), "unipc" UniPCMultistepScheduler over the
@@ -110,66 +105,6 @@ def supported_note(problem: str) -> str:
     return "its samplers: " + ", ".join(samplers)
 FULL_SCENARIOS = ("ddim-25", "ddim-50", "ddim-100", "eta1-100")
 QUICK_SCENARIOS = ("ddim-25", "eta1-100")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A sampler configuration and how its tolerance is swept.
-
-    ``run(eps_fn, schedule, noise, window, tol, dtype)``: ``tol`` None is the method's out-of-the-box
-    run (``out_of_box`` methods only); ``dtype`` the network's dtype name (the solve methods pass it
-    as ``network_dtype``; the ``floor`` methods then also sweep with ``precision_floor=True``).
-    """
-
-    name: str
-    run: Callable[..., Any]  # (eps_fn, schedule, noise, window, tol, dtype) -> SolveResult
-    tolerances: tuple[float, ...]
-    out_of_box: bool = False
-
-
-def _solve_method(name: str, *, floor: bool = False, **options: Any) -> Method:
-    def run(eps_fn, schedule, noise, window, tol, dtype=None):
-        from paratAA import solve
-
-        fixed = {k: (window if v == "W" else v) for k, v in options.items()}
-        half = dtype in HALF
-        if half:
-            fixed["network_dtype"] = dtype
-        if tol is None:  # out of the box: no tolerance given (in half precision the floor is then on)
-            return solve(eps_fn, schedule, noise, window_size=window, **fixed)
-        if half and floor:
-            fixed["precision_floor"] = True
-        with warnings.catch_warnings():  # explicit tolerances below a half-precision floor: measured, not news
-            warnings.filterwarnings("ignore", message=r".*below the residual floor")
-            return solve(eps_fn, schedule, noise, window_size=window, tol1=tol, tol2=tol, **fixed)
-
-    return Method(name, run, SOLVE_TOLERANCES, out_of_box=floor)
-
-
-def _stride_method(name: str, module: str, function: str) -> Method:
-    def run(eps_fn, schedule, noise, window, tol, dtype=None):
-        import importlib
-
-        solver = getattr(importlib.import_module(module), function)
-        return solver(eps_fn, schedule, noise, window_size=window, tolerance=tol)
-
-    return Method(name, run, STRIDE_TOLERANCES)
-
-
-METHODS = {
-    "FP": _solve_method("FP", order=1, memory_size=1, map_form="affine", init="copy"),
-    "FP+": _solve_method("FP+", order="W", memory_size=1, map_form="affine", init="copy"),
-    "ParaTAA paper m2": _solve_method("ParaTAA paper m2", order="W", memory_size=2, map_form="affine", init="copy"),
-    "ParaTAA paper m3": _solve_method("ParaTAA paper m3", order="W", memory_size=3, map_form="affine",
-                                      init="copy"),
-    "ParaTAA inc m2": _solve_method("ParaTAA inc m2", order="W", memory_size=2, map_form="increment", init="copy"),
-    "default": _solve_method("default", floor=True),
-    "default m1": _solve_method("default m1", floor=True, memory_size=1),
-    "ParaTAA inc m2 denoised": _solve_method("ParaTAA inc m2 denoised", order="W", memory_size=2,
-                                             map_form="increment", init="denoised"),
-    "ParaDiGMS": _stride_method("ParaDiGMS", "paratAA.baselines.paradigms", "solve_paradigms"),
-    "ParaSolver": _stride_method("ParaSolver", "paratAA.baselines.parasolver", "solve_parasolver"),
-}
 
 
 def per_sample_distances(samples: torch.Tensor, reference: torch.Tensor) -> list[float]:

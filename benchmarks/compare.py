@@ -9,10 +9,17 @@ its ratio to the sequential sampler, the largest absolute latent difference from
 sample and the latent PSNR against it (``10 log10(range^2 / MSE)``, range = max - min of the
 sequential latents). Every method solves the same B samples from ``paratAA.sample_noise(seed, ...)``.
 
-Methods (``order`` K, ``memory`` m of ``paratAA.solve``; tolerances ``--tol`` for tol1 and tol2):
+This is the single-tolerance side-by-side: one run per method, with its residual trace, and
+diffusers' own ParaDiGMS pipeline beside ours. Matched accuracy (each method's tolerance swept, the
+fewest iterations reaching a stated distance) is ``benchmarks.accuracy``; both take their problems
+from ``benchmarks.problems`` and their methods from ``benchmarks.methods``.
+
+Methods (the registry's, ``order`` K, ``memory`` m of ``paratAA.solve``; tolerances ``--tol`` for tol1
+and tol2):
 
 - ``sequential``: ``paratAA.sequential`` (T network calls of batch B).
-- ``FP``: K = 1, m = 1.  ``FP+``: K = window, m = 1.  ``ParaTAA m{m} K{K}``: m in {2, 3}, a few K.
+- ``FP``: K = 1, m = 1.  ``FP+``: K = window, m = 1.  ``ParaTAA m{m} K{K}``: m in {2, 3}, a few K; the
+  paper's affine equations with new steps copied.
 - ``ParaTAA-inc ...``: the same with the order-K equations in increment form (``map_form="increment"``),
   also at a tenth and a hundredth of the tolerance (``tol/10``, ``tol/100``).
 - ``ParaDiGMS tol={t}``: ``paratAA.baselines.paradigms.solve_paradigms`` at diffusers' default tolerance 0.1
@@ -36,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +50,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from benchmarks.methods import METHODS, Method, latent_metrics, run_outcome
+from benchmarks.problems import PROBLEMS, Problem, load_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
@@ -56,223 +65,54 @@ QUICK_PLAN = {
     "tiny-dit": [("ddim", 25, [25]), ("ddpm", 100, [25])],
     "tiny-sd": [("ddim", 25, [8, 25]), ("ddpm", 100, [25])],
 }
-PROBLEMS = ("gmm", "digits", "tiny-dit", "tiny-sd", "tiny-sdxl", "tiny-sd3", "dit", "sd")
-# Problems that sample with their pipeline's own scheduler only (sampler name -> the pipeline's scheduler class).
-OWN_SAMPLER_PROBLEMS = {"tiny-sdxl": "euler", "tiny-sd3": "flow"}
 DIFFUSERS_DEFAULT_TOLERANCE = 0.1
-PSNR_CAP_DB = 100.0
 
 
-@dataclass
-class Problem:
-    """What every method needs: a network per schedule, the latent shape, how to build a scheduler.
-
-    Attributes:
-        name: problem name (``gmm``, ``tiny-sd``, ...).
-        latent_shape: shape of one latent.
-        make_eps_fn: ``schedule -> eps_fn``.
-        make_scheduler: ``(sampler, T) -> diffusers scheduler`` (``set_timesteps`` done).
-        sd_pipe: the float32 ``StableDiffusionPipeline`` for the diffusers ParaDiGMS column, or None.
-        prompt, negative_prompt, cfg_scale: SD conditioning (sample k uses ``prompt``) or None.
-    """
+@dataclass(frozen=True)
+class GridEntry:
+    """One column of a row: a registered method (``benchmarks.methods``) at one tolerance, or, with
+    ``method`` None, diffusers' own ``StableDiffusionParadigmsPipeline`` at that tolerance."""
 
     name: str
-    latent_shape: tuple[int, ...]
-    make_eps_fn: Callable[[Any], Callable]
-    make_scheduler: Callable[[str, int], Any]
-    sd_pipe: Any = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    cfg_scale: float = 1.0
+    method: Method | None
+    tol: float
 
 
-def _ordinary_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
-    """DDIM (``"ddim"``), DDPM (``"ddpm"``), DPM-Solver++ 2M (``"dpm"``) or UniPC (``"unipc"``, diffusers'
-    defaults: bh2, order 2, corrector on) over ``config``, set to ``num_steps``."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    if sampler == "unipc":
-        scheduler = UniPCMultistepScheduler.from_config(config)
-    elif sampler == "dpm":
-        scheduler = DPMSolverMultistepScheduler.from_config(config)
-    else:
-        scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(config, clip_sample=False)
-    scheduler.set_timesteps(num_steps)
-    return scheduler
-
-
-def flow_matching_scheduler(num_steps: int) -> Any:
-    """SD3's flow-matching Euler scheduler (static shift 3.0), ``set_timesteps(num_steps)`` done."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    scheduler.set_timesteps(num_steps)
-    return scheduler
-
-
-# Wan 2.1's UniPC (480p): flow sigmas with shift 3, flow prediction, order 2, bh2, corrector on.
-WAN_UNIPC = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000,
-                 solver_order=2)
-# SD 1.5's scheduler betas and spacing (its PNDM configuration), for UniPC on the analytic mixture.
-SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                timestep_spacing="leading")
-
-
-def unipc_scheduler(num_steps: int, flow: bool) -> Any:
-    """UniPC in Wan's flow setting (``flow``) or over SD 1.5's betas, ``set_timesteps(num_steps)`` done."""
-    from diffusers import UniPCMultistepScheduler
-
-    scheduler = UniPCMultistepScheduler(**(WAN_UNIPC if flow else SD_BETAS))
-    scheduler.set_timesteps(num_steps)
-    return scheduler
-
-
-def _gmm_scheduler(config: Any, sampler: str, num_steps: int) -> Any:
-    if sampler == "flow":
-        return flow_matching_scheduler(num_steps)
-    if sampler in ("unipc-flow", "unipc-sd"):
-        return unipc_scheduler(num_steps, flow=sampler == "unipc-flow")
-    return _ordinary_scheduler(config, sampler, num_steps)
-
-
-def network_dtype(args: argparse.Namespace) -> str:
-    """The dtype the problem's network runs in: ``args.dtype`` if set, else float16 with ``args.fp16``, else float32."""
-    return getattr(args, "dtype", None) or ("float16" if getattr(args, "fp16", False) else "float32")
-
-
-def _own_scheduler(runner: Any, name: str, sampler: str, num_steps: int) -> Any:
-    """The pipeline's own scheduler set to ``num_steps`` (by the pipeline's call, as it samples)."""
-    if sampler != OWN_SAMPLER_PROBLEMS[name]:
-        raise SystemExit(f"{name} samples with its own scheduler ({OWN_SAMPLER_PROBLEMS[name]}), not {sampler!r}")
-    runner.make_schedule(num_steps)
-    return runner.pipe.scheduler
-
-
-def load_problem(name: str, args: argparse.Namespace) -> Problem:
-    """Build a problem by name (``--dit_path`` / ``--sd_path`` for the real models; the network in
-    ``network_dtype(args)``). ``tiny-sdxl`` (Euler) and ``tiny-sd3`` (flow-matching Euler) sample with their
-    pipeline's own scheduler only (``OWN_SAMPLER_PROBLEMS``)."""
-    from benchmarks.diffusers_paradigms import scheduler_pair
-
-    device = torch.device(args.device)
-    if name == "gmm":
-        from diffusers import DDIMScheduler
-
-        from paratAA.analytic import gaussian_mixture_problem
-
-        gmm = gaussian_mixture_problem((4, 32, 32), num_components=8, seed=args.seed)
-        config = DDIMScheduler().config  # linear betas 1e-4..0.02, leading spacing, final alpha 1 (DiT's schedule)
-        # sampler "flow": the same mixture under rectified flow, its exact velocity (SD3's sampler).
-        # "unipc-flow": Wan's UniPC on the same rectified flow; "unipc-sd": UniPC over SD 1.5's betas.
-        return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _gmm_scheduler(config, s, t))
-    if name in ("tiny-dit", "dit", "digits"):
-        from paratAA.cli.models import load_dit
-        from paratAA.pipelines.runner import class_conditioning
-
-        if name == "dit" and not args.dit_path:
-            raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
-        dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device,
-                       network_dtype(args))
-        dit.make_schedule(10)
-        # digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
-        labels = class_conditioning([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
-                                     for k in range(args.samples)], args.cfg_scale)
-        config = dit.pipe.scheduler.config  # DDIM with DiT's respacing
-        return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
-                       lambda s, t: _ordinary_scheduler(config, s, t))
-    if name in ("tiny-sd", "sd"):
-        from paratAA.cli.models import load_text_to_image
-        from paratAA.pipelines.runner import text_conditioning
-
-        if name == "sd" and not args.sd_path:
-            raise SystemExit("--problems sd needs --sd_path (a hub id or a local pipeline directory)")
-        sd = load_text_to_image("tiny" if name == "tiny-sd" else args.sd_path, device, network_dtype(args))
-        sd.make_schedule(10)
-        prompts = text_conditioning([args.prompt] * args.samples, None, args.cfg_scale)
-        return Problem(name, sd.latent_shape, lambda schedule: sd.eps_fn(prompts, schedule),
-                       lambda s, t: (_ordinary_scheduler(sd.pipe.scheduler.config, s, t) if s in ("dpm", "unipc")
-                                     else scheduler_pair(sd.pipe.scheduler.config, s, t)[1]),
-                       sd_pipe=None if network_dtype(args) != "float32" else sd.pipe, prompt=args.prompt,
-                       cfg_scale=args.cfg_scale)
-    if name in OWN_SAMPLER_PROBLEMS:
-        from paratAA.cli.models import load_text_to_image
-        from paratAA.pipelines.runner import text_conditioning
-
-        runner = load_text_to_image(name, device, network_dtype(args))
-        runner.make_schedule(10)
-        prompts = text_conditioning([args.prompt] * args.samples, None, args.cfg_scale)
-        return Problem(name, runner.latent_shape, lambda schedule: runner.eps_fn(prompts, schedule),
-                       lambda s, t: _own_scheduler(runner, name, s, t), prompt=args.prompt, cfg_scale=args.cfg_scale)
-    raise SystemExit(f"--problems: unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")
-
-
-def latent_metrics(samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Largest absolute difference and latent PSNR (dB, capped at 100) against the sequential sample."""
-    samples, reference = samples.double().cpu(), reference.double().cpu()
-    mse = float((samples - reference).pow(2).mean())
-    peak = float(reference.max() - reference.min())
-    psnr = PSNR_CAP_DB if mse == 0 else min(PSNR_CAP_DB, 10 * math.log10(peak ** 2 / mse))
-    return {"max_abs_diff": float((samples - reference).abs().max()), "psnr_db": psnr}
-
-
-def _residual_trace(records: list) -> list[float]:
-    """Per iteration, the largest first-order RMS residual over the batch (4 significant digits)."""
-    trace = []
-    for record in records:
-        values = [v for v in record.max_residual if v is not None]
-        trace.append(float(f"{max(values):.4g}") if values else 0.0)
-    return trace
-
-
-def method_grid(window: int, tol: float, with_diffusers: bool) -> list[dict[str, Any]]:
-    """The methods of one row: name and settings."""
-    methods: list[dict[str, Any]] = [dict(name="FP", kind="solve", order=1, memory=1),
-                                     dict(name="FP+", kind="solve", order=window, memory=1)]
+def method_grid(window: int, tol: float, with_diffusers: bool) -> list[GridEntry]:
+    """The methods of one row, from the registry: the paper's FP, FP+ and ParaTAA at a few orders K,
+    the increment form, ParaDiGMS (and diffusers' own), each at one tolerance."""
+    grid = [GridEntry("FP", METHODS["FP"], tol), GridEntry("FP+", METHODS["FP+"], tol)]
     for memory in (2, 3):
         for order in sorted({min(20, window), window}):
-            methods.append(dict(name=f"ParaTAA m{memory} K{order}", kind="solve", order=order, memory=memory))
+            name = f"ParaTAA m{memory} K{order}"
+            grid.append(GridEntry(name, METHODS["ParaTAA paper m2"].variant(name, memory_size=memory, order=order), tol))
     # The increment form of the order-K equations (paratAA.equations; same solution), at --tol and at
     # --tol / 10 and / 100: ParaDiGMS' tolerance is relative to the noise std, ours absolute, so equal
     # tolerances do not mean equal distance from the sequential sample; the tighter runs show the
     # iterations at the distance ParaDiGMS reaches.
     for memory in (2, 3):
-        methods.append(dict(name=f"ParaTAA-inc m{memory} K{window}", kind="solve", order=window, memory=memory,
-                            map_form="increment"))
+        name = f"ParaTAA-inc m{memory} K{window}"
+        grid.append(GridEntry(name, METHODS["ParaTAA inc m2"].variant(name, memory_size=memory), tol))
     for scale in (10, 100):
-        methods.append(dict(name=f"ParaTAA-inc m3 K{window} tol/{scale}", kind="solve", order=window, memory=3,
-                            map_form="increment", tol_scale=1 / scale))
+        name = f"ParaTAA-inc m3 K{window} tol/{scale}"
+        grid.append(GridEntry(name, METHODS["ParaTAA inc m2"].variant(name, memory_size=3), tol / scale))
     for tolerance in sorted({DIFFUSERS_DEFAULT_TOLERANCE, tol}, reverse=True):
-        methods.append(dict(name=f"ParaDiGMS tol={tolerance:g}", kind="paradigms", tolerance=tolerance))
+        grid.append(GridEntry(f"ParaDiGMS tol={tolerance:g}", METHODS["ParaDiGMS"], tolerance))
         if with_diffusers:
-            methods.append(dict(name=f"diffusers ParaDiGMS tol={tolerance:g}", kind="diffusers", tolerance=tolerance))
-    return methods
+            grid.append(GridEntry(f"diffusers ParaDiGMS tol={tolerance:g}", None, tolerance))
+    return grid
 
 
-def run_method(method: dict[str, Any], problem: Problem, sampler: str, schedule: Any, eps_fn: Callable,
-               noise: torch.Tensor, window: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one method on one row; returns iterations, evaluations, seconds, residual trace, samples."""
-    from paratAA import solve
-    from paratAA.baselines.paradigms import solve_paradigms
-
-    if method["kind"] == "solve":
-        tol = args.tol * method.get("tol_scale", 1.0)
-        result = solve(eps_fn, schedule, noise, window_size=window, order=method["order"],
-                       memory_size=method["memory"], tol1=tol, tol2=tol, map_form=method.get("map_form", "affine"))
-    elif method["kind"] == "paradigms":
-        result = solve_paradigms(eps_fn, schedule, noise, window_size=window, tolerance=method["tolerance"])
-    else:
-        return _run_diffusers(method, problem, sampler, schedule.num_steps, window, noise.shape[0], args)
-    return dict(iterations=result.iterations, evaluations=result.evaluations, seconds=result.seconds,
-                converged=result.converged, residuals=_residual_trace(result.records), samples=result.samples)
-
-
-def _run_diffusers(method: dict[str, Any], problem: Problem, sampler: str, num_steps: int, window: int,
-                   batch: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_entry(entry: GridEntry, problem: Problem, sampler: str, schedule: Any, eps_fn: Callable,
+              noise: torch.Tensor, window: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one column on one row; returns iterations, evaluations, seconds, residual trace, samples."""
+    if entry.method is not None:
+        return run_outcome(entry.method, eps_fn, schedule, noise, window, entry.tol)
     from benchmarks.diffusers_paradigms import run_diffusers_paradigms
 
     runs = [run_diffusers_paradigms(problem.sd_pipe, problem.prompt, problem.negative_prompt, problem.cfg_scale,
-                                    sampler, num_steps, window, method["tolerance"], args.seed + k)
-            for k in range(batch)]
+                                    sampler, schedule.num_steps, window, entry.tol, args.seed + k)
+            for k in range(noise.shape[0])]
     return dict(iterations=max(r.iterations for r in runs), evaluations=sum(r.evaluations for r in runs),
                 seconds=sum(r.seconds for r in runs), converged=True, residuals=[],
                 samples=torch.cat([r.latents for r in runs]))
@@ -295,13 +135,13 @@ def run_row(problem: Problem, sampler: str, num_steps: int, windows: list[int],
         rows.append(dict(base, window=window, method="sequential", iterations=num_steps,
                          evaluations=num_steps * args.samples, seconds=sequential_seconds, time_ratio=1.0,
                          converged=True, residuals=[], **latent_metrics(reference, reference)))
-        for method in method_grid(window, args.tol, problem.sd_pipe is not None):
-            outcome = run_method(method, problem, sampler, schedule, eps_fn, noise, window, args)
+        for entry in method_grid(window, args.tol, problem.sd_pipe is not None):
+            outcome = run_entry(entry, problem, sampler, schedule, eps_fn, noise, window, args)
             samples = outcome.pop("samples")
-            rows.append(dict(base, window=window, method=method["name"], **outcome,
+            rows.append(dict(base, window=window, method=entry.name, **outcome,
                              time_ratio=outcome["seconds"] / sequential_seconds,
                              **latent_metrics(samples, reference)))
-            print(f"  {problem.name} {sampler}-{num_steps} W={window} {method['name']}: "
+            print(f"  {problem.name} {sampler}-{num_steps} W={window} {entry.name}: "
                   f"{rows[-1]['iterations']} it, diff {rows[-1]['max_abs_diff']:.2e}", file=sys.stderr, flush=True)
     return rows
 

@@ -16,19 +16,22 @@ from pathlib import Path
 from diffusers import DDIMScheduler
 
 import paratAA
+from benchmarks.methods import METHODS
 from paratAA.analytic import gaussian_mixture_problem
 
-VARIANTS = [  # (label, solve keyword arguments)
-    ("published m2 tol 1e-3", dict(memory_size=2)),
-    ("published m3 tol 1e-3", dict(memory_size=3)),
-    ("published m4 tol 1e-3", dict(memory_size=4)),
-    ("published m3 tol 5e-4", dict(memory_size=3, tol1=5e-4, tol2=5e-4)),
-    ("published m3 tol 3e-4", dict(memory_size=3, tol1=3e-4, tol2=3e-4)),
-    ("reanchor m3 tol 1e-3", dict(memory_size=3, reanchor=True)),
-    ("reanchor m4 tol 7e-4", dict(memory_size=4, tol1=7e-4, tol2=7e-4, reanchor=True)),
-    ("increment m2 tol 1e-3", dict(memory_size=2, map_form="increment")),
-    ("increment m3 tol 1e-3", dict(memory_size=3, map_form="increment")),
-    ("increment m3 tol 1e-4", dict(memory_size=3, tol1=1e-4, tol2=1e-4, map_form="increment")),
+PAPER = METHODS["ParaTAA paper m2"]  # the published form: affine equations, new steps copied, order = window
+INCREMENT = METHODS["ParaTAA inc m2"]
+VARIANTS = [  # (label, method from the registry, tol1 = tol2)
+    ("published m2 tol 1e-3", PAPER, 1e-3),
+    ("published m3 tol 1e-3", PAPER.variant("m3", memory_size=3), 1e-3),
+    ("published m4 tol 1e-3", PAPER.variant("m4", memory_size=4), 1e-3),
+    ("published m3 tol 5e-4", PAPER.variant("m3", memory_size=3), 5e-4),
+    ("published m3 tol 3e-4", PAPER.variant("m3", memory_size=3), 3e-4),
+    ("reanchor m3 tol 1e-3", PAPER.variant("reanchor m3", memory_size=3, reanchor=True), 1e-3),
+    ("reanchor m4 tol 7e-4", PAPER.variant("reanchor m4", memory_size=4, reanchor=True), 7e-4),
+    ("increment m2 tol 1e-3", INCREMENT, 1e-3),
+    ("increment m3 tol 1e-3", INCREMENT.variant("m3", memory_size=3), 1e-3),
+    ("increment m3 tol 1e-4", INCREMENT.variant("m3", memory_size=3), 1e-4),
 ]
 
 
@@ -47,11 +50,11 @@ def main() -> None:
     for seed in args.seeds:
         noise = paratAA.sample_noise(seed, 4, 100, (4, 32, 32))
         reference = paratAA.sequential(eps_fn, schedule, noise)[:, 0]
-        for label, options in VARIANTS:
-            result = paratAA.solve(eps_fn, schedule, noise, window_size=100, order=100, **options)
+        for label, method, tol in VARIANTS:
+            result = method.run(eps_fn, schedule, noise, 100, tol)
             diff = float((result.samples - reference).abs().max())
             met = max(result.per_sample_iterations) <= 7 and diff < 1e-2
-            results.append(dict(variant=label, seed=seed, options=options,
+            results.append(dict(variant=label, seed=seed, options=dict(method.options, tol1=tol, tol2=tol),
                                 iterations=result.per_sample_iterations, max_abs_diff=diff, met=met))
             print(f"| {label} | {seed} | {result.per_sample_iterations} | {diff:.1e} | {'yes' if met else 'no'} |",
                   flush=True)

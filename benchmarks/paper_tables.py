@@ -1,8 +1,9 @@
 """The paper's tables: per scenario, methods x (parallel iterations, wall-clock, image quality).
 
 Scenarios (``--scenarios``): DiT: DDIM 25 / 50 / 100 and DDPM 100 (DDIM with eta 1); SD: DDIM 25 /
-50 / 100. Rows (``--methods``): ``sequential``, ``FP`` (order 1, memory 1), ``FP+`` (order K,
-memory 1), ``ParaTAA-m2`` / ``ParaTAA-m3`` (order K, memory 2 / 3), ``ParaDiGMS``
+50 / 100. Rows (``--methods``, from the registry ``benchmarks.methods``): ``sequential``, ``FP``
+(order 1, memory 1), ``FP+`` (order K, memory 1), ``ParaTAA-m2`` / ``ParaTAA-m3`` (order K, memory 2 / 3;
+like FP and FP+ the paper's affine equations with new steps copied), ``ParaDiGMS``
 (``paratAA.baselines.paradigms.solve_paradigms`` at ``--paradigms_tol``, diffusers' default 0.1). Every method
 solves the same samples from the same noise (``paratAA.sample_noise``: sample k uses seed + k, so the
 numbers do not depend on ``--batch_size``) with window ``--window`` (default T) and tolerances
@@ -45,6 +46,8 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.methods import METHODS, Method, latent_metrics, run_outcome
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ALL_METHODS = ("sequential", "FP", "FP+", "ParaTAA-m2", "ParaTAA-m3", "ParaDiGMS")
 DEFAULT_SCENARIOS = {"dit": "ddim25,ddim50,ddim100,ddpm100", "sd": "ddim25,ddim50,ddim100"}
@@ -84,18 +87,26 @@ def parse_scenarios(text: str) -> list[Scenario]:
     return scenarios
 
 
-def method_spec(name: str, order: int, paradigms_tol: float) -> dict[str, Any]:
-    """A method in ``benchmarks.compare.run_method``'s format (``kind`` solve / paradigms / sequential)."""
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: a registered method (``benchmarks.methods``; None: the sequential sampler)
+    under the paper's name; a ``hidden`` row is run as the reference only, not reported."""
+
+    name: str
+    method: Method | None
+    hidden: bool = False
+
+
+def method_row(name: str) -> Row:
+    """The ``--methods`` entry ``name``: the paper's FP, FP+, ParaTAA-m{m} (the affine equations, new steps
+    copied, as the reference scripts; any memory m >= 2) and ParaDiGMS, from the method registry."""
     if name == "sequential":
-        return dict(name=name, kind="sequential")
-    if name == "FP":
-        return dict(name=name, kind="solve", order=1, memory=1)
-    if name == "FP+":
-        return dict(name=name, kind="solve", order=order, memory=1)
-    if name.startswith("ParaTAA-m") and name[len("ParaTAA-m"):].isdigit() and int(name[len("ParaTAA-m"):]) >= 2:
-        return dict(name=name, kind="solve", order=order, memory=int(name[len("ParaTAA-m"):]))
-    if name == "ParaDiGMS":
-        return dict(name=name, kind="paradigms", tolerance=paradigms_tol)
+        return Row(name, None)
+    if name in ("FP", "FP+", "ParaDiGMS"):
+        return Row(name, METHODS[name])
+    memory = name[len("ParaTAA-m"):]
+    if name.startswith("ParaTAA-m") and memory.isdigit() and int(memory) >= 2:
+        return Row(name, METHODS["ParaTAA paper m2"].variant(name, memory_size=int(memory)))
     raise ValueError(f"--methods: unknown method {name!r}; choose from {', '.join(ALL_METHODS)}")
 
 
@@ -160,10 +171,9 @@ class _Scorer:
         return dict(clip_score=float(torch.cat(self.clip_scores).mean()))
 
 
-def run_scenario(scenario: Scenario, adapter: Any, conditioning: _Conditioning, methods: list[dict[str, Any]],
+def run_scenario(scenario: Scenario, adapter: Any, conditioning: _Conditioning, methods: list[Row],
                  args: argparse.Namespace, ctx: Any, make_scorer: Callable[[], _Scorer] | None) -> list[dict[str, Any]]:
     """Every method on every batch of one scenario; one row per method."""
-    from benchmarks.compare import latent_metrics, run_method
     from benchmarks.metrics import pil_to_uint8
     from paratAA import sample_noise, sequential
     from paratAA.distributed import shard_eps_fn
@@ -171,12 +181,15 @@ def run_scenario(scenario: Scenario, adapter: Any, conditioning: _Conditioning, 
     T = scenario.num_steps
     window = min(args.window or T, T)
     order = min(args.order or (T if args.model == "dit" else 20), window)
-    specs = [dict(m, order=order) if m.get("kind") == "solve" and m["name"] != "FP" else m for m in methods]
+    # The reference order K for every solve method but FP (order 1); tolerances: --tol, ParaDiGMS --paradigms_tol.
+    rows_run = [Row(r.name, r.method.variant(r.name, order=order), r.hidden)
+                if r.method is not None and r.method.kind == "solve" and r.name != "FP" else r for r in methods]
+    tolerance = {r.name: (args.tol if r.method.kind == "solve" else args.paradigms_tol)
+                 for r in rows_run if r.method is not None}
     schedule = adapter.make_schedule(T, scenario.eta)
-    stats = {m["name"]: dict(iterations=[], evaluations=0, seconds=[], converged=True, max_abs_diff=0.0,
-                             psnr_db=math.inf) for m in specs}
-    scorers = {m["name"]: make_scorer() for m in specs} if make_scorer else {}
-    solve_args = argparse.Namespace(tol=args.tol)
+    stats = {r.name: dict(iterations=[], evaluations=0, seconds=[], converged=True, max_abs_diff=0.0,
+                          psnr_db=math.inf) for r in rows_run}
+    scorers = {r.name: make_scorer() for r in rows_run} if make_scorer else {}
     device = ctx.device
     for lo in range(0, args.num_samples, args.batch_size):
         hi = min(lo + args.batch_size, args.num_samples)
@@ -191,13 +204,13 @@ def run_scenario(scenario: Scenario, adapter: Any, conditioning: _Conditioning, 
         _sync(device)
         sequential_outcome = dict(iterations=T, evaluations=T * (hi - lo), seconds=time.perf_counter() - start,
                                   converged=True, samples=reference)
-        for spec in specs:
-            if spec["kind"] == "sequential":
+        for r in rows_run:
+            if r.method is None:
                 outcome = sequential_outcome
             else:
                 _sync(device)
-                outcome = run_method(spec, None, scenario.sampler, schedule, eps_fn, noise, window, solve_args)
-            s = stats[spec["name"]]
+                outcome = run_outcome(r.method, eps_fn, schedule, noise, window, tolerance[r.name])
+            s = stats[r.name]
             s["iterations"].append(outcome["iterations"])
             s["evaluations"] += outcome["evaluations"]
             s["seconds"].append(outcome["seconds"])
@@ -207,25 +220,27 @@ def run_scenario(scenario: Scenario, adapter: Any, conditioning: _Conditioning, 
             s["psnr_db"] = min(s["psnr_db"], diff["psnr_db"])
             if scorers:
                 images = pil_to_uint8(adapter.decode(outcome["samples"]))
-                scorers[spec["name"]].update(images, conditioning.texts(lo, hi) if args.model == "sd" else None)
+                scorers[r.name].update(images, conditioning.texts(lo, hi) if args.model == "sd" else None)
         if ctx.is_main:
             print(f"  {scenario.name}: samples {hi}/{args.num_samples} "
                   + ", ".join(f"{n} {stats[n]['iterations'][-1]} it" for n in stats), file=sys.stderr, flush=True)
     rows = []
     sequential_seconds = sum(stats["sequential"]["seconds"]) if "sequential" in stats else None
-    for spec in specs:
-        s = stats[spec["name"]]
-        if spec["name"] == "sequential" and spec.get("hidden"):
+    for r in rows_run:
+        s = stats[r.name]
+        if r.hidden:
             continue
+        options = r.method.options if r.method is not None else {}
         seconds = sum(s["seconds"])
-        row = dict(scenario=scenario.name, sampler=scenario.sampler, num_steps=T, eta=scenario.eta, method=spec["name"],
-                   window=window, order=spec.get("order"), memory=spec.get("memory"), tolerance=spec.get("tolerance"),
+        row = dict(scenario=scenario.name, sampler=scenario.sampler, num_steps=T, eta=scenario.eta, method=r.name,
+                   window=window, order=options.get("order"), memory=options.get("memory_size"),
+                   tolerance=tolerance.get(r.name),
                    steps=sum(s["iterations"]) / len(s["iterations"]), max_steps=max(s["iterations"]),
                    evaluations=s["evaluations"], seconds_total=seconds, seconds_per_batch=seconds / len(s["seconds"]),
                    speedup=(sequential_seconds / seconds) if sequential_seconds and seconds > 0 else None,
                    converged=s["converged"], max_abs_diff=s["max_abs_diff"], psnr_db=s["psnr_db"])
         if scorers:
-            row.update(scorers[spec["name"]].compute(args.seed))
+            row.update(scorers[r.name].compute(args.seed))
         rows.append(row)
     return rows
 
@@ -310,13 +325,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         scenarios = parse_scenarios(args.scenarios or DEFAULT_SCENARIOS[args.model])
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
-        methods = [method_spec(n, 0, args.paradigms_tol) for n in names]
+        methods = [method_row(n) for n in names]
         if args.prompts_file is not None:
             read_prompts(args.prompts_file)
     except (ValueError, OSError) as error:
         parser.error(str(error))
     if "sequential" not in names:  # always the reference of the latent differences and the speed-up
-        methods.insert(0, dict(name="sequential", kind="sequential", hidden=True))
+        methods.insert(0, Row("sequential", None, hidden=True))
     if args.num_samples < 1 or args.batch_size < 1:
         parser.error("--num_samples and --batch_size must be >= 1")
     if args.max_network_batch != 0 and args.max_network_batch < 2:

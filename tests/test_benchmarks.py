@@ -208,3 +208,38 @@ def test_use_targets_bookkeeping():
     assert not h["d_distance_spread"] and "b_ratio" not in h  # 0.3 > 3 x 0.05; (b) is float32's
     table = targets_table(list(checks.values()))
     assert "MISSED (3.00)" in table and "met (12 / 10 = 1.20)" in table
+
+
+def test_one_method_registry_serves_every_benchmark():
+    """compare's grid, the paper tables and the sweeps all run ``benchmarks.methods``' configurations,
+    and every registered method converges to the sequential sample."""
+    from diffusers import DDIMScheduler
+
+    import paratAA
+    from benchmarks import paper_tables
+    from benchmarks.methods import METHODS, PAPER_FORM, method
+    from paratAA.analytic import gaussian_mixture_problem
+
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(10)
+    schedule = paratAA.Schedule.from_scheduler(scheduler)
+    eps_fn = gaussian_mixture_problem((2, 4, 4), num_components=4, seed=0).eps_fn(schedule)
+    noise = paratAA.sample_noise(0, 2, 10, (2, 4, 4))
+    reference = paratAA.sequential(eps_fn, schedule, noise)[:, 0]
+    for name, registered in METHODS.items():
+        tol = 1e-9 if registered.kind == "solve" else 1e-7
+        result = registered.run(eps_fn, schedule, noise, 10, tol)
+        assert float((result.samples - reference).abs().max()) < 1e-6, name
+    grid = {e.name: e for e in compare.method_grid(10, 1e-3, with_diffusers=True)}
+    assert grid["ParaTAA m3 K10"].method.options == dict(order=10, memory_size=3, **PAPER_FORM)
+    assert grid["ParaTAA-inc m3 K10 tol/100"].tol == pytest.approx(1e-5)
+    assert grid["diffusers ParaDiGMS tol=0.1"].method is None and grid["ParaDiGMS tol=0.1"].method is METHODS["ParaDiGMS"]
+    row = paper_tables.method_row("ParaTAA-m3")
+    assert row.method.options == dict(METHODS["ParaTAA paper m3"].options)
+    assert paper_tables.method_row("FP").method is METHODS["FP"]
+    with pytest.raises(ValueError, match="unknown method"):
+        paper_tables.method_row("magic")
+    with pytest.raises(ValueError, match="unknown method 'magic'; choose from FP, FP\\+"):
+        method("magic")
+    with pytest.raises(ValueError, match="no solver options"):
+        METHODS["ParaDiGMS"].variant("x", order=3)
