@@ -294,6 +294,7 @@ def prediction_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Per case, each fixed window's and auto's seconds over the sequential sampler's (needs matplotlib)."""
     try:
         import matplotlib
 
@@ -301,21 +302,22 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 4.5))
     windows = list(rows[0]["fixed_seconds"])
-    labels = ["sequential"] + [f"W={w}" for w in windows] + ["auto"]
-    width = 0.8 / len(labels)
-    for j, label in enumerate(labels):
-        values = [row["sequential_seconds"] / (row["sequential_seconds"] if label == "sequential" else
-                  row["auto_seconds"] if label == "auto" else row["fixed_seconds"][windows[j - 1]]) for row in rows]
-        ax.bar([i + j * width for i in range(len(rows))], values, width, label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([i + 0.4 for i in range(len(rows))])
-    ax.set_xticklabels([row["case"].replace(", ", "\n") for row in rows], fontsize=6)
-    ax.set_ylabel("speed-up over sequential")
-    ax.legend(fontsize=7, ncol=len(labels))
+    series = [(f"W={w}", [r["fixed_seconds"][w] / r["sequential_seconds"] for r in rows]) for w in windows]
+    series.append(("auto", [r["auto_seconds"] / r["sequential_seconds"] for r in rows]))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
+    height = 0.8 / len(series)
+    for k, (label, values) in enumerate(series):
+        positions = [i + (k - (len(series) - 1) / 2) * height for i in range(len(rows))]
+        ax.barh(positions, values, height=height, label=label, color="black" if label == "auto" else None)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['case']} (auto: {r['auto_window']})" for r in rows], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds / sequential sampler's seconds (dashed: sequential)")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 

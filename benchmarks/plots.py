@@ -7,8 +7,6 @@ and writes small PNGs next to them:
 - ``residual_vs_iteration.png``: largest first-order residual per iteration (gmm, DDIM-100, window 100).
 - ``speedup_vs_window.png``: implied GPU speed-up against window (``gpu_timing.json``); without it,
   the iteration speed-up ``T / iterations`` against window from ``compare.json``.
-- ``planner_seconds.png``: from ``planner.json`` (``benchmarks.planner``), per case the wall-clock of
-  each fixed window and of ``window_size="auto"`` relative to the sequential sampler (below 1: faster).
 - ``strip.png``: ParaTAA's current x0 estimate after each iteration on the GMM problem, a sample's
   first three latent channels as RGB (re-solved here: a few seconds), the sequential sample last.
 
@@ -134,28 +132,6 @@ def converging_strip(path: Path, num_steps: int = 100, max_frames: int = 10) -> 
     _save(fig, path)
 
 
-def planner_seconds(report: dict[str, Any], path: Path) -> None:
-    """Seconds of fixed windows and of the planner's choice, over the sequential sampler's, per case."""
-    plt = _pyplot()
-    rows = report["rows"]
-    windows = sorted({int(w) for r in rows for w in r["fixed_seconds"]}, reverse=True)
-    series = [(f"W={w}", [r["fixed_seconds"][str(w)] / r["sequential_seconds"] for r in rows]) for w in windows]
-    series.append(("auto", [r["auto_seconds"] / r["sequential_seconds"] for r in rows]))
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
-    height = 0.8 / len(series)
-    for k, (label, values) in enumerate(series):
-        positions = [i + (k - (len(series) - 1) / 2) * height for i in range(len(rows))]
-        ax.barh(positions, values, height=height, label=label,
-                color="black" if label == "auto" else None)
-    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['case']} (auto: {r['auto_window']})" for r in rows], fontsize=6)
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds / sequential sampler's seconds (dashed: sequential)")
-    ax.legend(fontsize=6, loc="lower right")
-    _save(fig, path)
-
-
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -180,9 +156,6 @@ def main(argv: list[str] | None = None) -> None:
     iterations_vs_steps(rows, args.results / "iterations_vs_T.png")
     residual_vs_iteration(rows, args.results / "residual_vs_iteration.png")
     speedup_vs_window(rows, gpu, args.results / "speedup_vs_window.png")
-    planner_json = args.results / "planner.json"
-    if planner_json.is_file():
-        planner_seconds(json.loads(planner_json.read_text()), args.results / "planner_seconds.png")
     converging_strip(args.results / "strip.png")
 
 

@@ -196,7 +196,8 @@ def measure_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_
     samples in turn (so per-sample conditioning is exercised as in a solve). One warm-up call at the
     largest row count comes first (allocations, kernels' first launch); each count is then timed
     ``repeats`` times. The ladder is climbed in order and left once three consecutive timings lie on
-    one rising line (``past_the_knee``): larger calls would only confirm the line, at the most cost.
+    one rising line (``past_the_knee``): larger calls would only confirm the line, at the most cost,
+    and the timings, consistent with each other, are not repeated.
 
     Args:
         eps_fn: the network as the solve calls it (``paratAA.EpsFn``).
@@ -237,7 +238,8 @@ def measure_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_
         if linear_reached:
             break
     timed = list(rows)
-    for _ in range(1, repeats):
+    # Three timings on one line already agree with each other: repeating them would only cost time.
+    for _ in range(1, 1 if linear_reached else repeats):
         for r in timed:
             # a call slower than SLOW_CALL_SECONDS is timed once: its relative noise is small, its cost is not
             if not collective and any(m >= SLOW_CALL_SECONDS for n, m in zip(rows, seconds) if n == r):
