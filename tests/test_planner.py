@@ -209,6 +209,7 @@ def test_sample_pipe_plans_by_default_and_either_way_matches_the_pipeline(knee):
     chose_sequential = [w for w in caught if issubclass(w.category, SequentialChoiceWarning)]
     assert out.result.method == ("sequential" if knee == 1 else "parallel")
     assert len(chose_sequential) == (1 if knee == 1 else 0)
+    assert all(w.filename == __file__ for w in chose_sequential)  # said at the caller's line, not in the pipeline
     assert out.result.plan is not None and out.result.trajectory.shape[:2] == (1, 21)
     tolerance = 0.0 if knee == 1 else 1e-4  # the pipeline's own loop is bitwise the same
     assert float((out.images - reference).abs().max()) <= tolerance

@@ -18,6 +18,7 @@ import torch
 import paratAA
 from paratAA.errors import UnconvergedWarning
 from paratAA.options import AUTO_WINDOW, FULL_ORDER, RECOMMENDED, SolverOptions, merged_options, option_names
+from paratAA.planner import announce
 from paratAA.schedule import Schedule
 
 from .base import MISSING, Callback, NetworkCall, PipelineAdapter, UnsupportedPipelineError, delegate, restore
@@ -195,6 +196,8 @@ def sample(pipe: Any, options: SolverOptions | None = None, *, callback: Callbac
     if run.result is None:
         raise UnsupportedPipelineError(f"{type(pipe).__name__}: the pipeline never stepped its scheduler")
     _warn_if_unconverged(run.result)
+    if run.result.plan is not None:  # the sequential choice, said at the caller's line (not inside the pipeline)
+        announce(run.result.plan, stacklevel=3)
     images = output.images if hasattr(output, "images") else output[0]
     return ParallelPipelineOutput(images=images, result=run.result, output=output)
 
@@ -400,9 +403,6 @@ class _ParallelRun:
 
     def _start_passthrough(self, plan: Any) -> None:
         """Let the pipeline's own loop run from its first step on (its result becomes a sequential SolveResult)."""
-        from paratAA.planner import announce
-
-        announce(plan, stacklevel=6)
         for generator, state in getattr(self, "_generator_states", []):
             generator.set_state(state)
         self.phase = "passthrough"
