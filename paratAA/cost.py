@@ -37,6 +37,7 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 
 import torch
 
+from paratAA.distributed import main_process_value
 from paratAA.validation import synchronize
 
 __all__ = ["CostModel", "cached_cost", "clear_cache", "fit_cost", "measure_cost", "row_ladder", "use_timer"]
@@ -234,12 +235,13 @@ def measure_cost(eps_fn: Callable[..., torch.Tensor], latent: torch.Tensor, num_
     for r in rows_list:
         rows.append(r)
         seconds.append(call(r))
-        linear_reached = _agreed_flag(past_the_knee(list(zip(rows, seconds))), collective)
+        linear_reached = main_process_value(past_the_knee(list(zip(rows, seconds))))
         if linear_reached:
             break
-    timed = list(rows)
     # Three timings on one line already agree with each other: repeating them would only cost time.
-    for _ in range(1, 1 if linear_reached else repeats):
+    repeats_left = 0 if linear_reached else repeats - 1
+    timed = list(rows)
+    for _ in range(repeats_left):
         for r in timed:
             # a call slower than SLOW_CALL_SECONDS is timed once: its relative noise is small, its cost is not
             if not collective and any(m >= SLOW_CALL_SECONDS for n, m in zip(rows, seconds) if n == r):
@@ -264,15 +266,6 @@ def past_the_knee(timings: Sequence[tuple[int, float]]) -> bool:
         return False
     predicted = t1 + (t1 - t0) / (r1 - r0) * (r2 - r1)
     return abs(predicted - t2) <= LINE_TOLERANCE * t2
-
-
-def _agreed_flag(flag: bool, collective: bool) -> bool:
-    """The main process's ``flag`` on every process of a torch.distributed group (timings differ)."""
-    if not collective or torch.distributed.get_world_size() == 1:
-        return flag
-    box = [flag]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return bool(box[0])
 
 
 _CACHE: dict[Hashable, tuple[Any, CostModel]] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported lazily: single-process runs never need accelerate
     from accelerate import Accelerator
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 def shard_bounds(num_rows: int, num_processes: int, rank: int) -> tuple[int, int]:
@@ -102,6 +103,25 @@ class ProcessContext:
     def is_main(self) -> bool:
         """True on the one process that prints and writes files."""
         return self.process_index == 0
+
+
+def in_process_group() -> bool:
+    """Whether a torch.distributed group with more than one process is running."""
+    return (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1)
+
+
+def main_process_value(value: T) -> T:
+    """``value`` as the main process has it, on every process of the group (itself without a group).
+
+    For decisions taken from measurements (timings differ between processes) that every process
+    must take alike, because the calls that follow are collective.
+    """
+    if not in_process_group():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def launched_world_size() -> int:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Hashable
 import torch
 
 from paratAA.cost import CostModel, cached_cost
+from paratAA.distributed import main_process_value
 from paratAA.options import AUTO_WINDOW, FULL_ORDER, SolverOptions
 
 __all__ = ["AUTO_WINDOW", "Plan", "SequentialChoiceWarning", "candidate_windows", "choose", "expected_iterations",
@@ -169,17 +170,6 @@ def plan_window(cost: CostModel, num_steps: int, batch: int, latent_numel: int, 
     return Plan(None, sequential, sequential, candidates, cost, measure_seconds)
 
 
-def _agreed(plan: Plan) -> Plan:
-    """Every process of a torch.distributed group takes the main process's plan (timings differ)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return plan
-    if torch.distributed.get_world_size() == 1:
-        return plan
-    box = [plan]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def choose(eps_fn: Callable[..., torch.Tensor], schedule: Any, noise: torch.Tensor, *, key: Hashable | None = None,
            processes: int = 1) -> Plan:
     """Measure (or reuse) the cost model of ``eps_fn`` and plan the window for this solve.
@@ -196,7 +186,7 @@ def choose(eps_fn: Callable[..., torch.Tensor], schedule: Any, noise: torch.Tens
     stochastic = bool((schedule.c != 0).any())
     plan = plan_window(cost, num_steps, batch, latent.numel(), stochastic,
                        cost.measure_seconds if measured_now else 0.0)
-    return _agreed(plan)
+    return main_process_value(plan)
 
 
 def announce(plan: Plan, stacklevel: int = 3) -> None:

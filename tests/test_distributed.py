@@ -131,3 +131,24 @@ def test_shard_bounds_rejects_bad_rank() -> None:
 
 def test_single_process_is_pass_through() -> None:
     assert shard_eps_fn(_toy_eps, None) is _toy_eps
+
+
+def _main_value_worker(out_dir: str) -> None:
+    from accelerate import Accelerator
+
+    from paratAA.distributed import main_process_value
+
+    accelerator = Accelerator(cpu=True)
+    rank = accelerator.process_index
+    # Each process measures differently; every process must act on the main process's value.
+    seen = main_process_value({"rank": rank, "linear": rank == 0})
+    torch.save(seen, f"{out_dir}/rank{rank}.pt")
+
+
+def test_main_process_value_is_the_main_process_value_everywhere(tmp_path):
+    from paratAA.distributed import main_process_value
+
+    assert main_process_value([3, 4]) == [3, 4]  # no process group: the value itself
+    _launch(_main_value_worker, (str(tmp_path),), 2, tmp_path)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == {"rank": 0, "linear": True}
