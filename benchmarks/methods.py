@@ -7,8 +7,8 @@ matched-accuracy sweep tries. Every method runs the same way::
     result = METHODS["default"].run(eps_fn, schedule, noise, window, tol, dtype)   # a paratAA.SolveResult
 
 ``tol`` is tol1 = tol2 of the solve methods and the noise-relative tolerance of the baselines (None:
-the method's out-of-the-box run, for ``out_of_box`` methods only). In the options, ``"W"`` stands for the
-window of the run (``order="W"``: the full order). A benchmark that needs a variant (the paper's order
+the method's out-of-the-box run, for ``out_of_box`` methods only). ``order=FULL_ORDER`` is the full order,
+K = the run's window (``paratAA.solve`` resolves it). A benchmark that needs a variant (the paper's order
 100, a third memory slot) derives it with ``Method.variant``, so that one configuration has one
 definition. The sequential sampler is not a method here: every benchmark runs it once as the reference.
 
@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from paratAA.options import FULL_ORDER
+
 HALF = ("float16", "bfloat16")
 PSNR_CAP_DB = 100.0
 # Sweeps, loose to tight: tol1 = tol2 for paratAA.solve; the noise-relative tolerance of ParaDiGMS and
@@ -48,7 +50,7 @@ class Method:
     Attributes:
         name: the name tables and JSON use.
         kind: ``"solve"`` (``paratAA.solve``) or a key of ``BASELINES``.
-        options: ``paratAA.solve`` keyword arguments (``"W"``: the run's window); empty for baselines.
+        options: ``paratAA.solve`` keyword arguments; empty for baselines.
         tolerances: a sweep's tolerances, loose to tight.
         out_of_box: the library default's rules: a run with no tolerance is meaningful (the out-of-the-box
             run), and in half precision a sweep keeps the measured residual floor on (``precision_floor``).
@@ -72,7 +74,7 @@ class Method:
 
         Args:
             eps_fn, schedule, noise: the problem (``paratAA.solve``'s arguments).
-            window: the window size (also what ``"W"`` in the options stands for).
+            window: the window size.
             tol: tol1 = tol2 (solve) or the noise-relative tolerance (baselines); None: out of the box.
             dtype: the network's dtype name; half precision is passed to the solve as ``network_dtype``.
             callback: called with every ``paratAA.IterationRecord``.
@@ -83,7 +85,7 @@ class Method:
             return solver(eps_fn, schedule, noise, window_size=window, tolerance=tol, callback=callback)
         from paratAA import solve
 
-        options = {k: (window if v == "W" else v) for k, v in self.options.items()}
+        options = dict(self.options)
         half = dtype in HALF
         if half:
             options["network_dtype"] = dtype
@@ -103,11 +105,11 @@ def _baseline(name: str, kind: str) -> Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("FP", options=dict(order=1, memory_size=1, **PAPER_FORM)),
-    Method("FP+", options=dict(order="W", memory_size=1, **PAPER_FORM)),
-    Method("ParaTAA paper m2", options=dict(order="W", memory_size=2, **PAPER_FORM)),
-    Method("ParaTAA paper m3", options=dict(order="W", memory_size=3, **PAPER_FORM)),
-    Method("ParaTAA inc m2", options=dict(order="W", memory_size=2, map_form="increment", init="copy")),
-    Method("ParaTAA inc m2 denoised", options=dict(order="W", memory_size=2, map_form="increment", init="denoised")),
+    Method("FP+", options=dict(order=FULL_ORDER, memory_size=1, **PAPER_FORM)),
+    Method("ParaTAA paper m2", options=dict(order=FULL_ORDER, memory_size=2, **PAPER_FORM)),
+    Method("ParaTAA paper m3", options=dict(order=FULL_ORDER, memory_size=3, **PAPER_FORM)),
+    Method("ParaTAA inc m2", options=dict(order=FULL_ORDER, memory_size=2, map_form="increment", init="copy")),
+    Method("ParaTAA inc m2 denoised", options=dict(order=FULL_ORDER, memory_size=2, map_form="increment", init="denoised")),
     Method("default", out_of_box=True),
     Method("default m1", options=dict(memory_size=1), out_of_box=True),
     _baseline("ParaDiGMS", "paradigms"),
