@@ -4,9 +4,10 @@
 exact score makes the network cost nothing), ``digits`` (the trained pixel-space DiT of
 ``models/digits``), ``tiny-dit`` / ``tiny-sd`` / ``tiny-sdxl`` / ``tiny-sd3`` (the tiny random-weight
 pipelines), ``dit`` / ``sd`` (real models by ``--dit_path`` / ``--sd_path``). ``args`` carries
-``device``, ``seed``, ``samples`` (B), ``cfg_scale``, ``prompt`` and the network's dtype
-(``network_dtype``). A ``Problem`` makes its ``eps_fn`` per schedule (``paratAA.EpsFn``: conditioning
-sample k of the batch) and its diffusers scheduler per (sampler, T): ``ddim``, ``ddpm``, ``dpm``
+``device``, ``seed``, ``samples`` (B), ``cfg_scale``, ``prompt``, the network's dtype
+(``network_dtype``) and, optionally, ``labels`` (the DiT problems' class per sample). A ``Problem``
+makes its ``eps_fn`` per schedule (``paratAA.EpsFn``: conditioning sample k of the batch) and its
+diffusers scheduler per (sampler, T): ``ddim``, ``ddpm``, ``dpm``
 (DPM-Solver++ 2M), ``unipc``; on ``gmm`` also ``flow`` (SD3's flow-matching Euler on the rectified-flow
 mixture), ``unipc-flow`` (Wan's UniPC) and ``unipc-sd`` (UniPC over SD 1.5's betas).
 """
@@ -135,9 +136,10 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device,
                        network_dtype(args))
         dit.make_schedule(10)
-        # digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
-        labels = class_conditioning([(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
-                                     for k in range(args.samples)], args.cfg_scale)
+        # args.labels if given; else digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
+        classes = getattr(args, "labels", None) or [(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
+                                                    for k in range(args.samples)]
+        labels = class_conditioning(classes, args.cfg_scale)
         config = dit.pipe.scheduler.config  # DDIM with DiT's respacing
         return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
                        lambda s, t: ordinary_scheduler(config, s, t))

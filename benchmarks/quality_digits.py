@@ -70,47 +70,38 @@ RISE = 0.005  # an FD "rises" when it exceeds the previous iteration's by more t
 
 @dataclass
 class DigitsProblem:
-    """The digits model with fixed labels: a network per schedule, schedules by (sampler, steps).
+    """The registry's ``digits`` problem (``benchmarks.problems``) with fixed labels, noise by seed.
 
     Attributes:
-        runner: the ``PipelineRunner`` of ``models/digits``.
-        conditioning: ``class_conditioning`` of the labels at the guidance scale.
+        problem: the ``benchmarks.problems.Problem`` (float32 network, CPU).
         labels: per sample, its class.
     """
 
-    runner: Any
-    conditioning: dict[str, Any]
+    problem: Any
     labels: list[int]
 
     @classmethod
     def load(cls, count: int, cfg_scale: float = 3.0) -> "DigitsProblem":
         """``count`` samples, ``count // 10`` per class in blocks (0, 0, ..., 1, 1, ...)."""
-        from paratAA.cli.models import load_dit
-        from paratAA.pipelines.runner import class_conditioning
+        from benchmarks.problems import load_problem
 
         if count < NUM_CLASSES or count % NUM_CLASSES:
             raise ValueError(f"count must be a positive multiple of {NUM_CLASSES}, got {count}")
-        runner = load_dit("digits", None, "cpu", "float32")
-        runner.make_schedule(10)  # binds the latent shape and the pipeline's scheduler configuration
         labels = [c for c in range(NUM_CLASSES) for _ in range(count // NUM_CLASSES)]
-        return cls(runner, class_conditioning(labels, cfg_scale), labels)
-
-    def schedule(self, sampler: str, steps: int) -> tuple[Any, float]:
-        """The float64 schedule of ``sampler`` (``"ddim"`` or ``"dpm"``) at ``steps``, and its ``init_noise_sigma``."""
-        from benchmarks.problems import ordinary_scheduler
-        from paratAA import Schedule
-
-        scheduler = ordinary_scheduler(self.runner.pipe.scheduler.config, sampler, steps)
-        return Schedule.from_scheduler(scheduler, eta=0.0), float(getattr(scheduler, "init_noise_sigma", 1.0))
+        args = argparse.Namespace(device="cpu", dtype="float32", samples=count, cfg_scale=cfg_scale, labels=labels,
+                                  dit_path=None)
+        return cls(load_problem("digits", args), labels)
 
     def setup(self, sampler: str, steps: int, seed: int) -> tuple[Callable, Any, torch.Tensor]:
-        """``(eps_fn, schedule, noise)`` of one sampler for noise seed ``seed`` (see the module docstring)."""
-        from paratAA import sample_noise
+        """``(eps_fn, schedule, noise)`` of ``sampler`` (``"ddim"`` or ``"dpm"``) at ``steps`` for noise seed
+        ``seed`` (see the module docstring); ``x[T]`` scaled by the scheduler's ``init_noise_sigma``."""
+        from paratAA import Schedule, sample_noise
 
-        schedule, sigma = self.schedule(sampler, steps)
-        noise = sample_noise(seed * SEED_STRIDE, len(self.labels), steps, self.runner.latent_shape)
-        noise[:, steps] *= sigma
-        return self.runner.eps_fn(self.conditioning, schedule), schedule, noise
+        scheduler = self.problem.make_scheduler(sampler, steps)
+        schedule = Schedule.from_scheduler(scheduler, eta=0.0)
+        noise = sample_noise(seed * SEED_STRIDE, len(self.labels), steps, self.problem.latent_shape)
+        noise[:, steps] *= float(getattr(scheduler, "init_noise_sigma", 1.0))
+        return self.problem.make_eps_fn(schedule), schedule, noise
 
 
 def images(latents: torch.Tensor) -> torch.Tensor:
