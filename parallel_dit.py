@@ -110,7 +110,11 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     # 2. What to sample: class labels, per-sample noise (identical on every process), the network.
     num_classes = runner.adapter.num_classes
     labels = resolve_labels(args.class_labels, args.num_samples, args.seed, num_classes)
-    conditioning = class_conditioning(labels, args.cfg_scale)
+    # A one-class model (models/patches) is unconditional: guiding it against its null class means nothing.
+    guidance_scale = args.cfg_scale if num_classes > 1 else 1.0
+    if guidance_scale != args.cfg_scale and context.is_main:
+        print(f"this model has a single class: it samples unconditionally (--cfg_scale {args.cfg_scale:g} not used)")
+    conditioning = class_conditioning(labels, guidance_scale)
     noise = runner.sample_noise(args.seed, len(labels), args.timesteps, device=context.device)
     eps_fn = shard_eps_fn(runner.eps_fn(conditioning), context.accelerator)  # rows split across processes
 
@@ -124,7 +128,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
         if run.path is not None:
             write_config(run.path, "parallel_dit.py", vars(args),
                          {**resolved_settings(runner, context, schedule, options), "num_samples": len(labels),
-                          "class_labels": labels, "num_classes": num_classes},
+                          "class_labels": labels, "num_classes": num_classes, "guidance_scale": guidance_scale},
                          context.num_processes)
         _, summary = run_solve(
             eps_fn, schedule, noise, options, run, runner.decode,

@@ -6,7 +6,7 @@ import torch
 
 from paratAA import sample_noise, sequential, solve
 from paratAA.cli.models import load_dit
-from paratAA.pipelines.defaults import digits_dir
+from paratAA.pipelines.defaults import trained_model_dir
 from paratAA.pipelines.runner import class_conditioning
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -21,7 +21,7 @@ def digits():
 
 
 def test_loads_offline_as_a_pixel_space_pipeline_directory(digits):
-    folder = digits_dir()
+    folder = trained_model_dir("digits")
     assert (folder / "model_index.json").is_file() and (folder / "README.md").is_file()
     assert digits.pipe.vae is None and digits.latent_shape == (1, 16, 16) and digits.adapter.num_classes == 10
     same = load_dit(str(folder), device="cpu")  # the same directory by path: the same weights
@@ -85,7 +85,7 @@ def test_without_the_checkout_the_short_name_says_where_the_model_lives(monkeypa
     from paratAA.pipelines import loading
     from paratAA.pipelines.locations import ModelLoadError
 
-    monkeypatch.setattr(loading, "digits_dir", lambda: tmp_path / "models" / "digits")
+    monkeypatch.setattr(loading, "trained_model_dir", lambda name: tmp_path / "models" / name)
     with pytest.raises(ModelLoadError, match="models/digits.*run from a checkout or pass that directory's path"):
         loading.pipeline_class("digits")
 

@@ -32,9 +32,10 @@ to the network, and how the recorded calls' outputs combine into the step's mode
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,8 +155,12 @@ class PipelineAdapter:
             if arguments.get(name) is not None:
                 raise UnsupportedPipelineError(f"{name}: not supported by paratAA.pipelines.sample ({reason})")
 
-    def check_full_call(self) -> None:
-        """Refuse a pipeline whose own ``__call__`` cannot run to its end (``sample``; ``prepare`` stops early)."""
+    @contextlib.contextmanager
+    def full_call(self) -> Iterator[None]:
+        """What the pipeline's own ``__call__`` needs to run to its end (``sample``; ``prepare`` stops early):
+        nothing by default; a family whose call cannot finish refuses here, or supplies the missing piece
+        for the call's duration."""
+        yield
 
     def runs_as_adapted(self) -> bool:
         """Whether the pipeline's own ``__call__`` computes the model output this adapter's ``eps_fn``

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "DEFAULT_SD", "DIGITS_MODEL", "DIT_DDIM", "DIT_SCHEDULER_CONFIG",
-           "GUIDANCE_RULES", "MODEL_DTYPES", "SAMPLERS", "TINY_KINDS", "TINY_MODEL", "TINY_PREFIX", "digits_dir",
-           "is_tiny", "tiny_kind"]
+__all__ = ["DEFAULT_DIT", "DEFAULT_DIT_VAE", "DEFAULT_SD", "DIT_DDIM", "DIT_SCHEDULER_CONFIG", "GUIDANCE_RULES",
+           "MODEL_DTYPES", "SAMPLERS", "TINY_KINDS", "TINY_MODEL", "TINY_PREFIX", "TRAINED_MODELS", "is_tiny", "tiny_kind",
+           "trained_model_dir"]
 
 DEFAULT_DIT = "facebook/DiT-XL-2-256"
 # The VAE the DiT authors sample with (their sample.py default); used when the model brings none.
@@ -27,14 +27,15 @@ DIT_DDIM = dict(timestep_spacing="linspace", set_alpha_to_one=True, steps_offset
 MODEL_DTYPES = ("float32", "float16", "bfloat16")
 # What ``PipelineRunner(sampler=...)`` and the scripts' --sampler build over a pipeline's scheduler configuration.
 SAMPLERS = ("ddim", "dpm++2m", "unipc")
-# --model_path digits: the small trained pixel-space DiT in the repository's models/digits
-# (training/train_digits.py).
-DIGITS_MODEL = "digits"
+# --model_path <name>: the small models trained by this repository's training/ scripts, kept in its models/<name>:
+# digits (class-conditional 16x16 handwritten digits, training/train_digits.py) and patches (unconditional 32x32 RGB
+# photo crops whose samplers keep improving up to 50+ steps, training/train_patches.py).
+TRAINED_MODELS = ("digits", "patches")
 
 
-def digits_dir() -> Path:
-    """The repository's ``models/digits`` pipeline directory (present in a checkout, not in a wheel)."""
-    return Path(__file__).resolve().parents[2] / "models" / DIGITS_MODEL
+def trained_model_dir(name: str) -> Path:
+    """The repository's ``models/<name>`` pipeline directory (present in a checkout, not in a wheel)."""
+    return Path(__file__).resolve().parents[2] / "models" / name
 
 
 # --model_path tiny-<kind>: tiny random-weight pipelines built offline (paratAA.pipelines.tiny); plain

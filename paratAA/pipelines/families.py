@@ -8,11 +8,14 @@ classifier-free guidance combines the outputs. Everything else comes from the pi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from .base import PipelineAdapter, UnsupportedPipelineError
+from .base import PipelineAdapter
 from .defaults import GUIDANCE_RULES
 from .guidance import batched_cfg, guided, true_cfg
 
@@ -134,6 +137,16 @@ class FluxAdapter(PipelineAdapter):
         return vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor, return_dict=False)[0]
 
 
+class _PixelSpaceDecoder:
+    """Stands in for the VAE of a pixel-space ``DiTPipeline`` during its own call: decoding is the identity."""
+
+    config = SimpleNamespace(scaling_factor=1.0)
+
+    @staticmethod
+    def decode(latents: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(sample=latents)
+
+
 class DiTAdapter(PipelineAdapter):
     """``DiTPipeline``: class-conditional; with guidance the batch is [classes, null class];
     learned-sigma channels are dropped. The pipeline steps the doubled batch, so ``step`` carries
@@ -147,8 +160,8 @@ class DiTAdapter(PipelineAdapter):
     - A DiT with other than ImageNet's 1000 classes (``models/digits``): ``DiTPipeline`` writes the
       null class as label 1000; it becomes the model's own null class, ``num_classes``.
     - Pixel space: a pipeline without a VAE (``vae=None``) decodes to the sample itself, mapped
-      from [-1, 1] as the pipeline maps a decoded image. ``prepare`` serves it; ``sample`` refuses
-      it, since the pipeline's own call ends in ``vae.decode``.
+      from [-1, 1] as the pipeline maps a decoded image. ``sample`` lends the pipeline's own call an
+      identity decoder for its ``vae.decode`` (``full_call``).
     """
 
     pipeline_classes = ("DiTPipeline",)
@@ -183,11 +196,19 @@ class DiTAdapter(PipelineAdapter):
             raise ValueError(f"class_labels: expected integer labels in [0, {self.num_classes}) for this model, "
                              f"got {labels.tolist()}")
 
-    def check_full_call(self) -> None:
-        if self.pipe.vae is None:
-            raise UnsupportedPipelineError(
-                "DiTPipeline: a pipeline without a VAE (pixel space) cannot run its own call to the end "
-                "(it decodes with vae.decode); use paratAA.pipelines.prepare and Prepared.decode")
+    @contextlib.contextmanager
+    def full_call(self) -> Iterator[None]:
+        """A pixel-space pipeline (``vae=None``) gets, for the call, a decoder that returns the sample
+        itself: ``DiTPipeline`` then maps it from [-1, 1] as it maps a decoded image (``decode``)."""
+        if self.pipe.vae is not None:
+            yield
+            return
+        # Set in the instance dict: DiffusionPipeline.__setattr__ would register it as a component.
+        self.pipe.__dict__["vae"] = _PixelSpaceDecoder()
+        try:
+            yield
+        finally:
+            self.pipe.__dict__["vae"] = None
 
     def runs_as_adapted(self) -> bool:
         return self.guidance == "all" and self.pipe.vae is not None and self.num_classes == self.PIPELINE_NULL_CLASS

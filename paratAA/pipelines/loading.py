@@ -4,7 +4,7 @@ A model path is one of:
 
 - ``tiny-<kind>`` (``tiny-dit``, ``tiny-sd``, ``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux``): a tiny
   random-weight pipeline built offline (``paratAA.pipelines.tiny``);
-- ``digits``: the small trained pixel-space DiT in the repository's ``models/digits``;
+- ``digits``, ``patches``: the small trained pixel-space DiTs in the repository's ``models/`` (``TRAINED_MODELS``);
 - a local diffusers pipeline directory (``model_index.json``) or a hub repo id of one, loaded with
   the class its ``model_index.json`` names; components listed as ``[null, null]`` (a pixel-space
   DiT without VAE, an SD3 saved without T5) are left out;
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .defaults import DEFAULT_DIT_VAE, DIGITS_MODEL, DIT_SCHEDULER_CONFIG, MODEL_DTYPES, digits_dir, tiny_kind
+from .defaults import DEFAULT_DIT_VAE, DIT_SCHEDULER_CONFIG, MODEL_DTYPES, TRAINED_MODELS, tiny_kind, trained_model_dir
 from .locations import ModelLoadError, load_pretrained, quiet_library_notices, resolve_location
 
 __all__ = ["DIT", "FLUX", "SD", "SD3", "SDXL", "load_pipeline", "pipeline_class", "place"]
@@ -68,13 +68,14 @@ def _local_kind(location: str) -> str:
 
 
 def _location(model_path: str) -> tuple[str, str]:
-    if model_path != DIGITS_MODEL:
+    if model_path not in TRAINED_MODELS:
         return resolve_location(model_path, "model_path")
-    if not digits_dir().is_dir():
-        raise ModelLoadError(f"model_path: '{DIGITS_MODEL}' is the trained model in the repository's models/digits, "
-                             f"not found at {digits_dir()} (an installed copy of paratAA does not ship it): run from "
+    folder = trained_model_dir(model_path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"model_path: '{model_path}' is the trained model in the repository's models/{model_path}, "
+                             f"not found at {folder} (an installed copy of paratAA does not ship it): run from "
                              "a checkout or pass that directory's path")
-    return resolve_location(str(digits_dir()), "model_path")
+    return resolve_location(str(folder), "model_path")
 
 
 @dataclass(frozen=True)

@@ -187,11 +187,10 @@ def sample(pipe: Any, options: SolverOptions | None = None, *, callback: Callbac
     _check_callbacks(callback, pipe_kwargs)
     adapter = _adapter(pipe, adapter, max_batch_size)
     options = _with_network_dtype(options, adapter)
-    adapter.check_full_call()
     arguments = adapter.call_arguments(pipe_kwargs)
     adapter.check_arguments(arguments)
     run = _ParallelRun(adapter, arguments, options, callback, accelerator)
-    with run.installed():
+    with adapter.full_call(), run.installed():
         output = pipe(**pipe_kwargs)
     if run.result is None:
         raise UnsupportedPipelineError(f"{type(pipe).__name__}: the pipeline never stepped its scheduler")
