@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGE_SIZE = 32
 DEFAULT_OUTPUT = REPO / "models" / "patches"
 DEFAULT_CHECKPOINTS = REPO / "checkpoints" / "patches"
+QUALITY_RESULT = REPO / "benchmarks" / "results" / "quality_patches.json"  # benchmarks/quality.py's, for the card
 MODEL_CONFIG = dict(num_attention_heads=4, attention_head_dim=32, in_channels=3, out_channels=3, num_layers=6,
                     sample_size=IMAGE_SIZE, patch_size=4, num_embeds_ada_norm=1)
 # DiT's training schedule (same values as paratAA.pipelines.defaults.DIT_SCHEDULER_CONFIG).
@@ -230,21 +230,110 @@ def export(checkpoint: Path, output_dir: Path, prediction_type: str | None = Non
 
     The scheduler's ``prediction_type`` is the one the checkpoint was trained with (read from the
     checkpoint, else from ``last.pt`` beside it, else epsilon), unless ``prediction_type`` is given.
+    The loss curve (``loss.csv``) is the checkpoint's log, or for a kept ``ema_*.pt`` the log of
+    ``last.pt`` beside it up to that step.
     """
     from diffusers import DDPMScheduler, DiTPipeline
 
+    state = torch.load(checkpoint, weights_only=False)
+    last = checkpoint.parent / "last.pt"
+    full = state if "log" in state or not last.exists() else torch.load(last, weights_only=False)
     if prediction_type is None:
-        state = torch.load(checkpoint, weights_only=False)
-        if "args" not in state and (checkpoint.parent / "last.pt").exists():
-            state = torch.load(checkpoint.parent / "last.pt", weights_only=False)
-        prediction_type = state.get("args", {}).get("prediction_type", "epsilon")
+        prediction_type = (state.get("args") or full.get("args", {})).get("prediction_type", "epsilon")
     scheduler = DDPMScheduler(**(SCHEDULER_CONFIG | {"prediction_type": prediction_type}))
     pipe = DiTPipeline(transformer=load_ema(checkpoint), vae=None, scheduler=scheduler)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(output_dir, safe_serialization=True)
-    log = torch.load(checkpoint, weights_only=False).get("log")
+    step = state.get("step")
+    log = [entry for entry in full.get("log") or [] if step is None or entry["step"] <= step]
     if log:
         write_loss_csv(output_dir / "loss.csv", log)
+
+
+def exported_facts(checkpoint: Path, output_dir: Path) -> dict:
+    """The model card's facts about an export: the training arguments (from the checkpoint, else ``last.pt``
+    beside it), the exported step, its loss and training time (the last ``loss.csv`` row), the size."""
+    state = torch.load(checkpoint, weights_only=False)
+    last = checkpoint.parent / "last.pt"
+    arguments = state.get("args", {})
+    if "batch_size" not in arguments and last.exists():
+        arguments = torch.load(last, weights_only=False)["args"]
+    log = list(csv.DictReader(open(output_dir / "loss.csv")))
+    step = state.get("step", int(log[-1]["step"]))
+    keys = ("batch_size", "lr", "warmup", "prediction_type", "ema_decay", "seed")
+    return {**{key: arguments[key] for key in keys}, "steps": step,
+            "final_smoothed_loss": float(log[-1]["smoothed_loss"]), "train_seconds": float(log[-1]["seconds"]),
+            "log_last_step": int(log[-1]["step"]),  # a kept ema_*.pt may lie a little past the last logged checkpoint
+            "parameters": sum(p.numel() for p in load_ema(checkpoint).parameters()), "torch": torch.__version__,
+            # seeded and resumable: this command reproduces the same weights however often it is interrupted
+            "command": f"python -m training.train_patches --steps {step}"
+                       + ("" if arguments["prediction_type"] == "epsilon" else " --prediction_type v_prediction")}
+
+
+@torch.no_grad()
+def sample_sheet(model_dir: Path, count: int = 32, steps: int = 50, seed: int = 0):
+    """A picture: sequential DPM-Solver++ 2M samples (top rows) above as many real crops (bottom rows),
+    eight per row, the model loaded like any model directory."""
+    from paratAA import sequential
+    from paratAA.cli.images import contact_sheet
+    from paratAA.cli.models import load_dit
+    from paratAA.pipelines.runner import class_conditioning
+
+    runner = load_dit(str(model_dir), device="cpu", sampler="dpm++2m")
+    schedule = runner.make_schedule(steps, 0.0)
+    noise = runner.sample_noise(seed, count, steps)
+    samples = sequential(runner.eps_fn(class_conditioning([0] * count, 1.0)), schedule, noise)[:, 0]
+    real = real_crops(count, seed=2_000_003)  # benchmarks.quality's real reference seed
+    pictures = runner.decode(samples) + runner.decode(real.double())
+    return contact_sheet([pictures[i:i + 8] for i in range(0, len(pictures), 8)], min_size=32)
+
+
+def write_card(output_dir: Path, facts: dict, quality: dict | None) -> None:
+    """``README.md`` of the exported model: data, model, training, measured quality against steps."""
+    hours = facts["train_seconds"] / 3600
+    lines = [
+        "# patches: an unconditional pixel-space DiT whose samplers need many steps",
+        "",
+        "Trained by this repository's `training/train_patches.py` so that parallel sampling is measured on a",
+        "model whose sequential samplers keep improving up to 50 steps and more (the `digits` model is",
+        "converged after about 3 DPM-Solver++ steps).",
+        "",
+        f"- **Data**: random 32x32 RGB crops, flipped left-right with probability 1/2, of {len(load_photos())} photos",
+        "  inside the scikit-image wheel (astronaut, chelsea, coffee, rocket, retina, hubble_deep_field,",
+        "  immunohistochemistry, grass, gravel, brick, the left view of stereo_motorcycle) and scikit-learn's two",
+        "  (china, flower), each at full, half and quarter resolution; scaled to [-1, 1]. No download.",
+        "- **Model**: `diffusers.DiTTransformer2DModel`, 3 x 32 x 32 pixels, patch 4 (64 tokens), width 128,",
+        f"  6 layers, 4 heads, {facts['parameters']:,} parameters; {facts['prediction_type']} prediction; one class (0)",
+        "  and DiT's null class: sample it unconditionally (guidance scale 1). No VAE: the sample *is* the image.",
+        "- **Schedule**: DDPM, 1000 training steps, linear betas 1e-4 to 0.02 (DiT's).",
+        f"- **Training**: {facts['steps']:,} steps of batch {facts['batch_size']}, AdamW lr {facts['lr']} "
+        f"({facts['warmup']} warm-up steps),",
+        f"  gradient clipping 1.0, EMA {facts['ema_decay']} (the saved weights), seed {facts['seed']}; smoothed loss",
+        f"  {facts['final_smoothed_loss']:.4f} and {hours:.1f} hours of training at step {facts['log_last_step']:,} (the "
+        "loss log's last row), on 1 CPU thread of a 2-core machine",
+        "  shared with other jobs (about 0.85 s per step on a free core), in resumed runs. Loss curve: `loss.csv`.",
+        f"- **Command**: `{facts['command']}` (resumable: rerun it to continue from the last checkpoint; "
+        "`--export_only --export_checkpoint PATH` writes this directory from a checkpoint)",
+        "- **Use**: `python parallel_dit.py --model_path patches --num_samples 8 --sampler dpm++2m --timesteps 50`",
+        "  or, in Python, `paratAA.cli.models.load_dit(\"patches\")`, or",
+        "  `DiTPipeline.from_pretrained(\"models/patches\", vae=None)` with",
+        "  `paratAA.pipelines.sample(pipe, class_labels=[0] * 8, guidance_scale=1.0, ...)` (the pipeline's own call,",
+        "  its VAE decode the identity) or `paratAA.pipelines.prepare`.",
+    ]
+    if quality:
+        from benchmarks.quality import describe_regime, table
+
+        lines += ["", f"## Quality against steps ({len(quality['seeds'])} noise seeds of {quality['count']} samples)", "",
+                  "Fréchet distance to real crops in `benchmarks/quality.py`'s fixed feature space (whitened pixel and",
+                  "high-pass PCA), mean +- std over the noise seeds; trailing timestep spacing. Real vs real at the same",
+                  f"size: {quality['real_floor']['mean']:.2f} +- {quality['real_floor']['std']:.2f}. "
+                  f"Seed-to-seed noise of one FD: {quality['seed_noise']:.3f}.", "",
+                  table(quality), "", *[f"- {line}" for line in describe_regime(quality["regime"])], "",
+                  f"Command: `{quality['command']}`" + (" (merged from two processes)" if "merged_from" in quality
+                                                        else "")]
+    lines += ["", "`samples.png`: top four rows, sequential DPM-Solver++ 2M with 50 steps, seed 0; bottom four rows,",
+              "real crops.", "", "![samples](samples.png)", ""]
+    (output_dir / "README.md").write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,18 +356,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export_only", action="store_true",
                         help="do not train: export checkpoint_dir/last.pt to output_dir")
     parser.add_argument("--no_export", action="store_true", help="train only; leave output_dir alone")
+    parser.add_argument("--export_checkpoint", type=Path, default=None,
+                        help="with --export_only: the checkpoint to export (default checkpoint_dir/last.pt; a kept "
+                             "ema_*.pt for an earlier step)")
+    parser.add_argument("--quality", type=Path, default=QUALITY_RESULT,
+                        help="benchmarks/quality.py's result for the model card's quality table (skipped if missing)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.export_only:
         facts = train(args)
-        facts["command"] = ("python -m training.train_patches "
-                            + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-        (args.checkpoint_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+        print(f"trained to step {facts['steps']} in {facts['train_seconds'] / 3600:.1f} h, smoothed loss "
+              f"{facts['final_smoothed_loss']:.4f}")
     if not args.no_export:
-        export(args.checkpoint_dir / "last.pt", args.output_dir)
-        facts_file = args.checkpoint_dir / "training.json"
-        if facts_file.exists():
-            (args.output_dir / "training.json").write_text(facts_file.read_text())
+        checkpoint = args.export_checkpoint or args.checkpoint_dir / "last.pt"
+        export(checkpoint, args.output_dir)
+        facts = exported_facts(checkpoint, args.output_dir)
+        (args.output_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
+        sample_sheet(args.output_dir).save(args.output_dir / "samples.png")
+        write_card(args.output_dir, facts, json.loads(args.quality.read_text()) if args.quality.exists() else None)
         print(f"saved {args.output_dir}")
 
 
