@@ -36,7 +36,8 @@ beside the absolute thresholds. A half-precision sweep also stops once a run is 
 (every multiple reached; absolute thresholds below the bar are then not searched further), within
 ``--stop_below`` of the half-precision sequential sample, or ends exactly where the previous
 (looser) run ended (floor-bound: tighter tolerances change nothing). Problems come from ``benchmarks.problems``:
-``digits`` (the trained pixel-space DiT of ``models/digits``, guidance ``--cfg_scales``), ``gmm``
+``digits`` (the trained pixel-space DiT of ``models/digits``, guidance ``--cfg_scales``), ``patches`` (the
+unconditional one of ``models/patches``, whose samplers need 50+ steps), ``gmm``
 (the analytic Gaussian mixture, 4x32x32), the tiny random models and real models by path.
 
 Usage::
@@ -85,6 +86,7 @@ SCENARIOS = {"ddim-25": ("ddim", 25, 0.0), "ddim-50": ("ddim", 50, 0.0), "ddim-1
              "euler-25": ("euler", 25, 0.0)}
 # "euler": the pipeline's own EulerDiscreteScheduler (tiny-sdxl only); tiny-sd3 runs "flow" with its own scheduler.
 FLOW_PROBLEMS = ("gmm",)
+UNGUIDED_PROBLEMS = ("gmm", "patches")  # no --cfg_scales sweep: an analytic score, an unconditional model
 GMM_ONLY_SAMPLERS = ("flow", "unipc-flow", "unipc-sd")  # schedulers built for the analytic mixture only
 PIPELINE_ONLY_SAMPLERS = ("euler",)  # a pipeline's own Euler scheduler (tiny-sdxl)
 
@@ -618,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     groups = []
     for name in args.problems:
-        guided = name not in ("gmm",)
+        guided = name not in UNGUIDED_PROBLEMS
         for cfg_scale in (cfg_scales if guided else [None]):
             problem_args = argparse.Namespace(**{**vars(args), "cfg_scale": cfg_scale or 1.0})
             problem = load_problem(name, problem_args)

@@ -1,13 +1,20 @@
-"""Quality against latency on the ``digits`` model: sequential samplers at k steps, parallel solvers after k iterations.
+"""Quality against latency: sequential samplers at k steps, parallel solvers after k iterations.
 
 Why: a parallel solver's gain is real only at equal quality. Latency is counted in **rounds of
 network calls** (k): a sequential sampler with k steps makes k rounds, a parallel solver k rounds
 after k iterations (each round then evaluates up to a window of steps per sample, so it costs more
-compute; the ``evaluations`` column says how much). Quality is a Fréchet distance (FD) to the real
-digits in a fixed feature space.
+compute; the ``evaluations`` column says how much). Quality is a Fréchet distance (FD) to real
+images in a fixed feature space (``benchmarks.quality.PatchFeatures``).
 
-Problem (the model of ``models/digits``, as ``benchmarks.problems`` loads it): ``count`` samples,
-``count / 10`` per class (labels 0..9 in blocks), guidance scale 3, float32 network, float64 solver.
+Models (``--model``, each as ``benchmarks.problems`` loads it; float32 network, float64 solver):
+
+- ``digits`` (``models/digits``): ``count`` samples, ``count / 10`` per class (labels 0..9 in blocks),
+  guidance ``--cfg_scale`` (3). Features fitted on all 1,797 real digits
+  (``training.train_digits.load_digit_images``), which are also the real reference.
+- ``patches`` (``models/patches``): ``count`` unconditional samples. Features: ``benchmarks.quality``'s
+  fixed space (fitted on 20,000 seeded real crops); real reference: ``count`` real crops of
+  ``benchmarks.quality.REAL_SEED``, as in ``benchmarks.quality``.
+
 Sample ``j`` of noise seed ``s`` draws its noise with ``paratAA.sample_noise`` seed
 ``s * SEED_STRIDE + j`` (seed 0 is the other benchmarks' noise; seed 1 must not reuse seeds
 1..count-1 of seed 0, as ``sample_noise(1, ...)`` would). Every sampler starts from the same ``x[T]``.
@@ -16,22 +23,18 @@ Samplers (``benchmarks.problems.ordinary_scheduler`` over the model's DDIM confi
 timesteps, final alpha 1, as in ``benchmarks.accuracy``):
 
 - sequential DDIM (eta 0) at ``--ddim_steps`` and DPM-Solver++ 2M at ``--dpm_steps`` steps;
-- ``paratAA.solve`` with its default options (``RECOMMENDED``; window T) on DDIM-100 and on DPM++ 2M-20,
-  and ParaDiGMS (``paratAA.baselines.paradigms``, window T, its default tolerance 0.1) on DDIM-100: the
-  FD of each iteration's ``IterationRecord.x0`` (each sample's current estimate of ``x[0]``).
+- ``--curves``: parallel solvers, each ``method:sampler:steps`` with a method of ``benchmarks.methods`` out
+  of the box (``default``: ``paratAA.solve`` with no options, ``RECOMMENDED``; ``ParaDiGMS`` and
+  ``ParaSolver``: their default tolerances), window T: the FD of each iteration's ``IterationRecord.x0``
+  (each sample's current estimate of ``x[0]``).
 
 Images are clamped to [-1, 1] (what the pipeline shows) before the features.
 
-Feature space: ``benchmarks.quality.PatchFeatures`` (whitened PCA of the pixels plus whitened PCA of a
-3x3 high-pass image, ``--components`` each; channel-agnostic) fitted once on all 1,797 real digits
-(``training.train_digits.load_digit_images``). The real reference is the same 1,797 images.
-
 Noise floors:
 
-- real vs real: FD between disjoint class-stratified random subsets of ``count`` real digits
-  (``count / 10`` per class, as the samples), ``--floor_repeats`` pairs; and FD between a stratified
-  subset of ``count`` and the remaining real digits (the closest analogue of "``count`` samples vs the
-  real set");
+- real vs real: FD between disjoint real sets of ``count`` (``--floor_repeats`` pairs; digits:
+  class-stratified, and also one subset against the remaining real digits, the closest analogue of
+  "``count`` samples vs the real set");
 - seed to seed: FD between sequential DDIM-100 sets from seeds ``--seed`` and ``--seed2``, and each
   one's FD to the real set. A k is "within the floor" of a target when the FD of its set to the
   target's set (same noise) is at most the seed-to-seed FD: the two sets then differ less than two
@@ -39,8 +42,9 @@ Noise floors:
 
 Usage::
 
-    .venv/bin/python -m benchmarks.quality_digits                       # the full run (15-18 min on 1 shared core)
-    .venv/bin/python -m benchmarks.quality_digits --count 20 --out /tmp/quality_digits_smoke.json  # a smoke test
+    .venv/bin/python -m benchmarks.frontier --model digits              # the full run (15-18 min on 1 shared core)
+    .venv/bin/python -m benchmarks.frontier --model patches --count 200 # ~35 min on 1 core
+    .venv/bin/python -m benchmarks.frontier --count 20 --out /tmp/frontier_smoke.json  # a smoke test
 """
 
 from __future__ import annotations
@@ -59,38 +63,46 @@ import torch
 from benchmarks.quality import PatchFeatures, fd_between
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "quality_digits.json"
+RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_OUT = {"digits": RESULTS / "quality_digits.json", "patches": RESULTS / "quality_patches_frontier.json"}
 NUM_CLASSES = 10
 SEED_STRIDE = 1_000_000  # noise seed s uses per-sample seeds s * SEED_STRIDE + j: disjoint for s = 0, 1, ...
-REAL_SPLIT_SEED = 12345  # the random real subsets of the floors
+REAL_SPLIT_SEED = 12345  # the random real subsets of the digits floors
 RISE = 0.005  # an FD "rises" when it exceeds the previous iteration's by more than this (half the printed 0.01)
+# Per model: the sequential sweeps and the parallel curves (method, sampler, steps) run by default.
+MODEL_DEFAULTS = {
+    "digits": dict(ddim_steps=[1, 2, 3, 5, 10, 20, 50, 100], dpm_steps=[2, 3, 5, 10, 20],
+                   curves=["default:ddim:100", "default:dpm:20", "ParaDiGMS:ddim:100"]),
+    "patches": dict(ddim_steps=[5, 10, 20, 50, 100], dpm_steps=[5, 10, 20, 30, 50],
+                    curves=["default:ddim:100", "ParaDiGMS:ddim:100", "ParaSolver:ddim:100", "default:dpm:50"]),
+}
+FLOOR_TARGET = ("ddim", 100)  # the seed-to-seed floor's sampler; every curve's sequential sample is also computed
 
 
 # ------------------------------------------------------------------------------------------ problem
 
 @dataclass
-class DigitsProblem:
-    """The registry's ``digits`` problem (``benchmarks.problems``) with fixed labels, noise by seed.
+class QualityProblem:
+    """A registry problem (``benchmarks.problems``) with its real reference, noise by seed.
 
     Attributes:
+        name: ``digits`` or ``patches``.
         problem: the ``benchmarks.problems.Problem`` (float32 network, CPU).
-        labels: per sample, its class.
+        count: samples per set.
+        features: the fixed feature map.
+        real: the real reference's features.
+        real_floor: FD between real sets of ``count`` (``{"count", "repeats", "pairs": {mean, std, values}}``,
+            digits also ``"vs_rest"``).
+        facts: what was measured against what, for the JSON.
     """
 
+    name: str
     problem: Any
-    labels: list[int]
-
-    @classmethod
-    def load(cls, count: int, cfg_scale: float = 3.0) -> "DigitsProblem":
-        """``count`` samples, ``count // 10`` per class in blocks (0, 0, ..., 1, 1, ...)."""
-        from benchmarks.problems import load_problem
-
-        if count < NUM_CLASSES or count % NUM_CLASSES:
-            raise ValueError(f"count must be a positive multiple of {NUM_CLASSES}, got {count}")
-        labels = [c for c in range(NUM_CLASSES) for _ in range(count // NUM_CLASSES)]
-        args = argparse.Namespace(device="cpu", dtype="float32", samples=count, cfg_scale=cfg_scale, labels=labels,
-                                  dit_path=None)
-        return cls(load_problem("digits", args), labels)
+    count: int
+    features: PatchFeatures
+    real: np.ndarray
+    real_floor: dict[str, Any]
+    facts: dict[str, Any]
 
     def setup(self, sampler: str, steps: int, seed: int) -> tuple[Callable, Any, torch.Tensor]:
         """``(eps_fn, schedule, noise)`` of ``sampler`` (``"ddim"`` or ``"dpm"``) at ``steps`` for noise seed
@@ -99,13 +111,56 @@ class DigitsProblem:
 
         scheduler = self.problem.make_scheduler(sampler, steps)
         schedule = Schedule.from_scheduler(scheduler, eta=0.0)
-        noise = sample_noise(seed * SEED_STRIDE, len(self.labels), steps, self.problem.latent_shape)
+        noise = sample_noise(seed * SEED_STRIDE, self.count, steps, self.problem.latent_shape)
         noise[:, steps] *= float(getattr(scheduler, "init_noise_sigma", 1.0))
         return self.problem.make_eps_fn(schedule), schedule, noise
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+
+def digits_problem(count: int, cfg_scale: float, components: int, floor_repeats: int) -> QualityProblem:
+    """``count`` digits samples, ``count // 10`` per class in blocks (0, 0, ..., 1, 1, ...), guidance ``cfg_scale``."""
+    from benchmarks.problems import load_problem
+    from training.train_digits import load_digit_images
+
+    if count < NUM_CLASSES or count % NUM_CLASSES:
+        raise SystemExit(f"--count must be a positive multiple of {NUM_CLASSES} for digits, got {count}")
+    real_images, real_labels = load_digit_images()
+    features = PatchFeatures.fit(real_images.double(), components)
+    real = features(real_images)
+    labels = [c for c in range(NUM_CLASSES) for _ in range(count // NUM_CLASSES)]
+    args = argparse.Namespace(device="cpu", dtype="float32", samples=count, cfg_scale=cfg_scale, labels=labels,
+                              dit_path=None)
+    facts = {"model": "models/digits", "per_class": count // NUM_CLASSES, "cfg_scale": cfg_scale,
+             "features": f"benchmarks.quality.PatchFeatures: whitened PCA-{components} pixels + whitened "
+                         f"PCA-{components} 3x3 high-pass, fitted on all {len(real_labels)} real digits",
+             "real_reference": f"all {len(real_labels)} real digits"}
+    return QualityProblem("digits", load_problem("digits", args), count, features, real,
+                          real_floors(real, real_labels.numpy(), count, floor_repeats), facts)
+
+
+def patches_problem(count: int, components: int, floor_repeats: int, features_cache: Path | None) -> QualityProblem:
+    """``count`` unconditional samples of ``models/patches`` against ``count`` real crops (``benchmarks.quality``)."""
+    from benchmarks.problems import load_problem
+    from benchmarks.quality import FIT_SEED, REAL_SEED, noise_floor
+    from training.train_patches import real_crops
+
+    features = PatchFeatures.cached(features_cache, components)
+    floor = noise_floor(features, count, floor_repeats)
+    args = argparse.Namespace(device="cpu", dtype="float32", samples=count, cfg_scale=1.0, dit_path=None)
+    facts = {"model": "models/patches",
+             "features": f"benchmarks.quality.PatchFeatures: whitened PCA-{components} pixels + whitened "
+                         f"PCA-{components} 3x3 high-pass, fitted on 20000 real crops (seed {FIT_SEED})",
+             "real_reference": f"{count} real crops (seed {REAL_SEED})"}
+    return QualityProblem("patches", load_problem("patches", args), count, features,
+                          features(real_crops(count, REAL_SEED)),
+                          {"count": count, "repeats": floor_repeats, "pairs": _spread(floor["values"])}, facts)
+
+
 def images(latents: torch.Tensor) -> torch.Tensor:
-    """Latents (= pixels, no VAE) clamped to [-1, 1], float64 ``(N, 1, 16, 16)``."""
+    """Latents (= pixels, no VAE) clamped to [-1, 1], float64."""
     return latents.detach().double().cpu().clamp(-1, 1)
 
 
@@ -133,16 +188,12 @@ def real_floors(real_features: np.ndarray, real_labels: np.ndarray, count: int, 
         a, b = stratified_subsets(real_labels, count // NUM_CLASSES, 2, rng)
         pairs.append(fd_between(real_features[a], real_features[b]))
         vs_rest.append(fd_between(real_features[a], real_features[np.setdiff1d(everything, a)]))
-
-    def summary(values: list[float]) -> dict[str, Any]:
-        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
-
-    return {"count": count, "repeats": repeats, "pairs": summary(pairs), "vs_rest": summary(vs_rest)}
+    return {"count": count, "repeats": repeats, "pairs": _spread(pairs), "vs_rest": _spread(vs_rest)}
 
 
 # ------------------------------------------------------------------------------------------ curves
 
-def sequential_row(problem: DigitsProblem, sampler: str, steps: int, seed: int) -> tuple[dict[str, Any], torch.Tensor]:
+def sequential_row(problem: QualityProblem, sampler: str, steps: int, seed: int) -> tuple[dict[str, Any], torch.Tensor]:
     """One sequential sampler: its record (FD filled in later) and its final latents."""
     from paratAA import sequential
 
@@ -154,16 +205,16 @@ def sequential_row(problem: DigitsProblem, sampler: str, steps: int, seed: int) 
     return row, samples
 
 
-def parallel_curve(problem: DigitsProblem, features: PatchFeatures, method: str, sampler: str, steps: int,
+def parallel_curve(problem: QualityProblem, method: str, sampler: str, steps: int,
                    seed: int, reference: torch.Tensor) -> dict[str, Any]:
     """One parallel solve (window T), the features of ``x0`` after every iteration and the final exactness.
 
-    ``method``: ``"default"`` (``paratAA.solve`` with no options) or ``"ParaDiGMS"`` (its default tolerance).
+    ``method``: a ``benchmarks.methods`` name, run out of the box (``default``: ``paratAA.solve`` with no
+    options; the baselines: their default tolerances).
     ``reference``: the sequential sampler's final latents from the same noise.
     """
     from benchmarks.accuracy import per_sample_distances, spread
     from benchmarks.methods import method as registered
-    from paratAA.baselines.paradigms import DEFAULT_TOLERANCE
 
     eps_fn, schedule, noise = problem.setup(sampler, steps, seed)
     per_iteration: list[np.ndarray] = []
@@ -171,16 +222,14 @@ def parallel_curve(problem: DigitsProblem, features: PatchFeatures, method: str,
     evaluations: list[int] = []
 
     def record(rec: Any) -> None:
-        per_iteration.append(features(images(rec.x0)))  # keep features only: x0 is dropped after the callback
+        per_iteration.append(problem.features(images(rec.x0)))  # keep features only: x0 is dropped after the callback
         done.append(float(np.mean([f == 0 for f in rec.frontier])))
         evaluations.append(rec.evaluations)
 
     start = time.perf_counter()
-    # The registry's methods (benchmarks.methods): the default out of the box, ParaDiGMS at its default tolerance.
-    tolerance = None if method == "default" else DEFAULT_TOLERANCE
-    result = registered(method).run(eps_fn, schedule, noise, steps, tolerance, callback=record)
-    settings = ("paratAA.solve defaults (RECOMMENDED), window T" if tolerance is None
-                else f"window T, tolerance {tolerance}")
+    result = registered(method).run(eps_fn, schedule, noise, steps, None, callback=record)  # out of the box
+    settings = ("paratAA.solve defaults (RECOMMENDED), window T" if method == "default"
+                else "window T, its default tolerance")
     distances = per_sample_distances(result.samples, reference)
     shown = per_sample_distances(images(result.samples), images(reference))  # what the pipeline shows
     return {"method": method, "sampler": sampler, "steps": steps, "seed": seed, "settings": settings,
@@ -188,10 +237,10 @@ def parallel_curve(problem: DigitsProblem, features: PatchFeatures, method: str,
             "iterations_spread": spread(list(result.per_sample_iterations)),
             "distance_from_sequential": {**spread(distances), "over_0.1": sum(d > 0.1 for d in distances),
                                          "images": spread(shown)},
-            "evaluations_per_sample": float(np.cumsum(evaluations)[-1] / len(problem.labels)),
-            "cumulative_evaluations_per_sample": [float(v) / len(problem.labels) for v in np.cumsum(evaluations)],
+            "evaluations_per_sample": float(np.cumsum(evaluations)[-1] / problem.count),
+            "cumulative_evaluations_per_sample": [float(v) / problem.count for v in np.cumsum(evaluations)],
             "fraction_done": done, "seconds": round(time.perf_counter() - start, 1),
-            "_features": per_iteration, "_final": features(images(result.samples))}
+            "_features": per_iteration, "_final": problem.features(images(result.samples))}
 
 
 def pixel_fd(a: np.ndarray, b: np.ndarray, components: int) -> float:
@@ -218,28 +267,29 @@ def first_within(values: list[float], floor: float) -> int | None:
 
 # ------------------------------------------------------------------------------------------- run
 
-def run(count: int, seed: int, seed2: int, ddim_steps: list[int], dpm_steps: list[int], components: int,
-        floor_repeats: int, cfg_scale: float = 3.0, log: Callable[[str], None] = print,
+def parse_curve(text: str) -> tuple[str, str, int]:
+    """``"method:sampler:steps"`` (``--curves``) as a tuple."""
+    from benchmarks.methods import METHODS
+
+    parts = text.split(":")
+    if len(parts) != 3 or parts[0] not in METHODS or parts[1] not in ("ddim", "dpm") or not parts[2].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not method:sampler:steps (a benchmarks.methods name, ddim or "
+                                         "dpm, a number of steps)")
+    return parts[0], parts[1], int(parts[2])
+
+
+def run(problem: QualityProblem, seed: int, seed2: int, ddim_steps: list[int], dpm_steps: list[int],
+        curves: list[tuple[str, str, int]], components: int, log: Callable[[str], None] = print,
         partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every curve and floor (see the module docstring); ``partial`` gets the result so far after each part."""
-    from training.train_digits import load_digit_images
-
     start = time.perf_counter()
-    real_images, real_labels = load_digit_images()
-    features = PatchFeatures.fit(real_images.double(), components)
-    real = features(real_images)
-    result: dict[str, Any] = {
-        "model": "models/digits", "count": count, "per_class": count // NUM_CLASSES, "cfg_scale": cfg_scale,
-        "seeds": [seed, seed2], "seed_stride": SEED_STRIDE,
-        "features": f"benchmarks.quality.PatchFeatures: whitened PCA-{components} pixels + whitened "
-                    f"PCA-{components} 3x3 high-pass, fitted on all {len(real_labels)} real digits",
-        "real_reference": f"all {len(real_labels)} real digits"}
-    result["real_floor"] = real_floors(real, real_labels.numpy(), count, floor_repeats)
-    log(f"real vs real ({count} vs {count}): {result['real_floor']['pairs']['mean']:.3f} "
-        f"+- {result['real_floor']['pairs']['std']:.3f}; {count} vs rest: "
-        f"{result['real_floor']['vs_rest']['mean']:.3f} +- {result['real_floor']['vs_rest']['std']:.3f}")
+    features, real, count = problem.features, problem.real, problem.count
+    result: dict[str, Any] = {**problem.facts, "count": count, "seeds": [seed, seed2], "seed_stride": SEED_STRIDE,
+                              "real_floor": problem.real_floor}
+    rf = problem.real_floor
+    log(f"real vs real ({count} vs {count}): {rf['pairs']['mean']:.3f} +- {rf['pairs']['std']:.3f}"
+        + (f"; {count} vs rest: {rf['vs_rest']['mean']:.3f} +- {rf['vs_rest']['std']:.3f}" if "vs_rest" in rf else ""))
 
-    problem = DigitsProblem.load(count, cfg_scale)
     kept: dict[tuple[str, int], tuple[np.ndarray, torch.Tensor]] = {}
     rows = []
     for sampler, steps in [("ddim", n) for n in ddim_steps] + [("dpm", n) for n in dpm_steps]:
@@ -249,18 +299,19 @@ def run(count: int, seed: int, seed2: int, ddim_steps: list[int], dpm_steps: lis
         row["fd_to_real_pixels"] = pixel_fd(kept[(sampler, steps)][0], real, components)
         rows.append(row)
         log(f"sequential {sampler:4s} {steps:4d} steps: FD to real {row['fd_to_real']:.3f} ({row['seconds']} s)")
-    for need in (("ddim", 100), ("dpm", 20)):  # the parallel curves' targets, if not in the sweep
+    for need in [FLOOR_TARGET] + [(sampler, steps) for _, sampler, steps in curves]:  # targets not in the sweep
         if need not in kept:
             row, samples = sequential_row(problem, *need, seed)
             kept[need] = (features(images(samples)), samples)
-    target = kept[("ddim", 100)][0]
+    target = kept[FLOOR_TARGET][0]
     for row in rows:
         row["fd_to_ddim100"] = fd_between(kept[(row["sampler"], row["steps"])][0], target)
     result["sequential"] = rows
 
-    row2, samples2 = sequential_row(problem, "ddim", 100, seed2)
+    row2, samples2 = sequential_row(problem, *FLOOR_TARGET, seed2)
     feats2 = features(images(samples2))
-    seed_floor = {"sampler": "ddim", "steps": 100, "seeds": [seed, seed2], "fd_between_seeds": fd_between(target, feats2),
+    seed_floor = {"sampler": FLOOR_TARGET[0], "steps": FLOOR_TARGET[1], "seeds": [seed, seed2],
+                  "fd_between_seeds": fd_between(target, feats2),
                   "fd_to_real": [fd_between(target, real), fd_between(feats2, real)],
                   "fd_to_real_pixels": [pixel_fd(target, real, components), pixel_fd(feats2, real, components)],
                   "fd_between_seeds_pixels": pixel_fd(target, feats2, components), "seconds": row2["seconds"]}
@@ -273,10 +324,10 @@ def run(count: int, seed: int, seed2: int, ddim_steps: list[int], dpm_steps: lis
     if partial:
         partial(result)
 
-    curves = []
-    for method, sampler, steps in (("default", "ddim", 100), ("default", "dpm", 20), ("ParaDiGMS", "ddim", 100)):
+    results = []
+    for method, sampler, steps in curves:
         own, own_samples = kept[(sampler, steps)]
-        curve = parallel_curve(problem, features, method, sampler, steps, seed, own_samples)
+        curve = parallel_curve(problem, method, sampler, steps, seed, own_samples)
         per_iteration, final = curve.pop("_features"), curve.pop("_final")
         curve["fd_to_real"] = [fd_between(f, real) for f in per_iteration]
         curve["fd_to_real_pixels"] = [pixel_fd(f, real, components) for f in per_iteration]
@@ -289,10 +340,10 @@ def run(count: int, seed: int, seed2: int, ddim_steps: list[int], dpm_steps: lis
         first = curve["first_k_within_floor_of_sequential"] = first_within(curve["fd_to_sequential"], floor)
         cumulative = curve["cumulative_evaluations_per_sample"]
         curve["evaluations_per_sample_by_then"] = None if first is None else cumulative[first - 1]
-        curves.append(curve)
+        results.append(curve)
         log(f"{method} {sampler}-{steps}: {curve['iterations']} iterations ({curve['seconds']} s); FD to real per "
             f"iteration {', '.join(f'{v:.2f}' for v in curve['fd_to_real'])}")
-        result["parallel"] = curves
+        result["parallel"] = results
         if partial:
             partial(result)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -312,7 +363,7 @@ def tables(result: dict[str, Any]) -> str:
     longest = max([len(c["fd_to_real"]) for c in curves] + [0])
     ks = sorted({n for _, n in seq} | set(range(1, longest + 1)))
     head = ["k (rounds)", "DDIM k steps", "DPM++ 2M k steps"] + [_name(c) + " iter k" for c in curves]
-    lines = ["FD to the real digits (lower is better; in parentheses for the parallel methods: FD to their own "
+    lines = [f"FD to {result['real_reference']} (lower is better; in parentheses for the parallel methods: FD to their own "
              "sequential sample set)\n", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for k in ks:
         cells = [f"{seq[(s, k)]['fd_to_real']:.2f}" if (s, k) in seq else "" for s in ("ddim", "dpm")]
@@ -324,8 +375,8 @@ def tables(result: dict[str, Any]) -> str:
     lines += ["", "| floor | FD |", "|---|---:|",
               f"| real vs real, {rf['count']} vs {rf['count']} disjoint ({rf['repeats']} pairs) | "
               f"{rf['pairs']['mean']:.2f} +- {rf['pairs']['std']:.2f} |",
-              f"| real {rf['count']} vs the other real digits ({rf['repeats']} splits) | "
-              f"{rf['vs_rest']['mean']:.2f} +- {rf['vs_rest']['std']:.2f} |",
+              *([f"| real {rf['count']} vs the other real digits ({rf['repeats']} splits) | "
+                 f"{rf['vs_rest']['mean']:.2f} +- {rf['vs_rest']['std']:.2f} |"] if "vs_rest" in rf else []),
               f"| DDIM-100 seed {sf['seeds'][0]} vs seed {sf['seeds'][1]} | {sf['fd_between_seeds']:.2f} |",
               f"| DDIM-100 to real, seed {sf['seeds'][0]} / seed {sf['seeds'][1]} | "
               f"{sf['fd_to_real'][0]:.2f} / {sf['fd_to_real'][1]:.2f} |"]
@@ -356,34 +407,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.solver_overhead import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--count", type=int, default=400, help="samples per set, a multiple of 10 (per class: /10)")
+    parser.add_argument("--model", choices=sorted(MODEL_DEFAULTS), default="digits")
+    parser.add_argument("--count", type=int, default=400, help="samples per set (digits: a multiple of 10, /10 per class)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of every curve")
     parser.add_argument("--seed2", type=int, default=1, help="second noise seed, for the seed-to-seed floor")
-    parser.add_argument("--ddim_steps", type=int, nargs="+", default=[1, 2, 3, 5, 10, 20, 50, 100])
-    parser.add_argument("--dpm_steps", type=int, nargs="+", default=[2, 3, 5, 10, 20])
+    parser.add_argument("--ddim_steps", type=int, nargs="+", default=None, help="(default: per --model)")
+    parser.add_argument("--dpm_steps", type=int, nargs="+", default=None, help="(default: per --model)")
+    parser.add_argument("--curves", type=parse_curve, nargs="*", default=None, metavar="METHOD:SAMPLER:STEPS",
+                        help="parallel curves, e.g. default:ddim:100 ParaDiGMS:ddim:100 (default: per --model)")
     parser.add_argument("--components", type=int, default=16, help="PCA components per feature block")
     parser.add_argument("--floor_repeats", type=int, default=10)
-    parser.add_argument("--cfg_scale", type=float, default=3.0)
+    parser.add_argument("--cfg_scale", type=float, default=3.0, help="digits' guidance scale (patches: unguided)")
+    parser.add_argument("--features_cache", type=Path, default=None,
+                        help="patches: an .npz keeping benchmarks.quality's fitted feature space (created if missing)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: per --model, in benchmarks/results)")
     args = parser.parse_args(argv)
     if args.seed == args.seed2:
         parser.error("--seed2 must differ from --seed")
+    defaults = MODEL_DEFAULTS[args.model]
+    ddim_steps = args.ddim_steps or defaults["ddim_steps"]
+    dpm_steps = args.dpm_steps or defaults["dpm_steps"]
+    curves = args.curves if args.curves is not None else [parse_curve(c) for c in defaults["curves"]]
+    out = args.out or DEFAULT_OUT[args.model]
     torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.quality_digits " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = args.out.with_suffix(".partial.json")
+    command = "python -m benchmarks.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial_path = out.with_suffix(".partial.json")
 
     def write_partial(result: dict[str, Any]) -> None:
         partial_path.write_text(json.dumps(dict(result, partial=True, command=command.strip()), indent=1) + "\n")
 
-    result = run(args.count, args.seed, args.seed2, args.ddim_steps, args.dpm_steps, args.components,
-                 args.floor_repeats, args.cfg_scale, partial=write_partial)
-    result = {"benchmark": "quality_digits", "command": command.strip(), "machine": machine_info("cpu"), **result}
+    problem = (digits_problem(args.count, args.cfg_scale, args.components, args.floor_repeats) if args.model == "digits"
+               else patches_problem(args.count, args.components, args.floor_repeats, args.features_cache))
+    result = run(problem, args.seed, args.seed2, ddim_steps, dpm_steps, curves, args.components, partial=write_partial)
+    result = {"benchmark": "frontier", "command": command.strip(), "machine": machine_info("cpu"), **result}
     print(tables(result))
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     partial_path.unlink(missing_ok=True)
-    print(f"wrote {args.out} ({result['seconds']:.0f} s)")
+    print(f"wrote {out} ({result['seconds']:.0f} s)")
     return result
 
 

@@ -12,6 +12,9 @@ feature module (both accept an ``nn.Module``):
   FID / ADM evaluation used, rather than torchmetrics' antialiased default.
 - ``"tiny-random"``: a small random conv net (seeded), a smoke-test stand-in with no torchvision and
   no weights; its FID / IS are meaningless and are labelled so (``FeatureExtractors.meaningless``).
+- ``"patches"``: ``benchmarks.quality.PatchFeatures``, the fixed whitened pixel + high-pass PCA space of
+  the ``patches`` model's 32x32 crops (offline, no weights to fetch): the FID column is then that
+  model's Fréchet distance (``benchmarks/quality.py``); it has no classifier, so no Inception Score.
 
 CLIP score is computed here with transformers' ``CLIPModel`` (torchmetrics' ``CLIPScore`` crashes with
 transformers 5.x: "'BaseModelOutputWithPooling' object has no attribute 'norm'"). The definition is
@@ -24,7 +27,9 @@ Reference images for FID (``load_reference``): a folder of images (png/jpg/jpeg/
 recursively), an ``.npz`` holding ``arr_0`` uint8 ``(N, H, W, 3)`` (the ADM / DiT sample and
 reference-batch format); if the npz also holds ``mu`` and ``sigma`` of the feature extractor's
 dimension (ADM's reference batches: statistics of the whole training set) those statistics are used
-instead of the images; or ``"random"``: seeded uniform-noise images, a smoke-test stand-in (meaningless).
+instead of the images; ``"patch-crops"``: ``PATCH_REFERENCE_COUNT`` real 32x32 crops of the ``patches``
+model's photos (``benchmarks.quality``'s real reference seed); or ``"random"``: seeded uniform-noise
+images, a smoke-test stand-in (meaningless).
 """
 
 from __future__ import annotations
@@ -33,12 +38,15 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import PIL.Image
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from benchmarks.quality import PatchFeatures
 
 __all__ = ["CLIPScorer", "FeatureExtractors", "ImageQuality", "ReferenceStats", "TinyRandomFeatures",
            "build_feature_extractors", "load_reference", "pil_to_uint8"]
@@ -47,6 +55,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RANDOM_REFERENCE_COUNT = 16
+PATCH_REFERENCE_COUNT = 2000  # real crops of the "patch-crops" reference
+PATCH_SIZE = 32  # the patches model's image side
 
 
 def pil_to_uint8(images: Sequence[PIL.Image.Image]) -> torch.Tensor:
@@ -81,20 +91,44 @@ class TinyRandomFeatures(nn.Module):
         return self.net(images.float() / 127.5 - 1)
 
 
+class PatchFeatureModule(nn.Module):
+    """``benchmarks.quality.PatchFeatures`` as a feature module of uint8 ``(N, 3, H, W)`` images.
+
+    Its fixed projections are frozen parameters (they say where the module runs). Images of another
+    size are area-resized to the crops' 32x32 first (torchmetrics probes a module with one 299x299 image).
+    """
+
+    def __init__(self, features: "PatchFeatures"):
+        super().__init__()
+        for name, value in vars(features).items():
+            self.register_parameter(name, nn.Parameter(torch.as_tensor(value, dtype=torch.float64), requires_grad=False))
+        self.num_features = int(self.pixel_projection.shape[1] + self.detail_projection.shape[1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from benchmarks.quality import high_pass
+
+        x = images.double() / 127.5 - 1.0
+        if x.shape[-1] != PATCH_SIZE or x.shape[-2] != PATCH_SIZE:
+            x = nn.functional.adaptive_avg_pool2d(x, PATCH_SIZE)
+        pixels = (x.flatten(1) - self.pixel_mean) @ self.pixel_projection
+        detail = (high_pass(x).flatten(1) - self.detail_mean) @ self.detail_projection
+        return torch.cat([pixels, detail], dim=1)
+
+
 @dataclass
 class FeatureExtractors:
     """The FID and IS feature modules of one run.
 
     Attributes:
-        name: ``"inception"`` or ``"tiny-random"``.
+        name: ``"inception"``, ``"patches"`` or ``"tiny-random"``.
         fid: module mapping uint8 ``(N, 3, H, W)`` to ``(N, D)`` features.
-        isc: module mapping uint8 ``(N, 3, H, W)`` to ``(N, C)`` class logits.
+        isc: module mapping uint8 ``(N, 3, H, W)`` to ``(N, C)`` class logits; None: no Inception Score.
         meaningless: True for the random stand-in.
     """
 
     name: str
     fid: nn.Module
-    isc: nn.Module
+    isc: nn.Module | None
     meaningless: bool
 
     @property
@@ -108,7 +142,8 @@ def build_feature_extractors(name: str, inception_weights: str | None = None,
     """Build the FID / IS feature modules.
 
     Args:
-        name: ``"inception"`` (torch-fidelity's InceptionV3 via torchmetrics) or ``"tiny-random"``.
+        name: ``"inception"`` (torch-fidelity's InceptionV3 via torchmetrics), ``"patches"`` (the patches
+            model's fixed PCA space, FID only) or ``"tiny-random"``.
         inception_weights: local path of ``weights-inception-2015-12-05-6726825d.pth`` (needed
             offline; None lets torch-fidelity download it).
         device: where the modules run.
@@ -120,8 +155,12 @@ def build_feature_extractors(name: str, inception_weights: str | None = None,
     if name == "tiny-random":
         return FeatureExtractors(name, TinyRandomFeatures(16, seed=0).to(device),
                                  TinyRandomFeatures(10, seed=1).to(device), meaningless=True)
+    if name == "patches":
+        from benchmarks.quality import PatchFeatures
+
+        return FeatureExtractors(name, PatchFeatureModule(PatchFeatures.default()).to(device), None, meaningless=False)
     if name != "inception":
-        raise ValueError(f"feature extractor: expected 'inception' or 'tiny-random', got {name!r}")
+        raise ValueError(f"feature extractor: expected 'inception', 'patches' or 'tiny-random', got {name!r}")
     if inception_weights is not None and not Path(inception_weights).is_file():
         raise ValueError(f"--inception_weights: no file at {inception_weights}")
     from torchmetrics.image.fid import NoTrainInceptionV3
@@ -182,8 +221,9 @@ def load_reference(spec: str, extractors: FeatureExtractors, batch_size: int = 6
 
     Args:
         spec: an image folder, an ``.npz`` (``arr_0`` uint8 NHWC; or ``mu`` / ``sigma`` of the
-            extractor's width, preferred when present), or ``"random"`` (seeded noise images of
-            ``image_size``, a meaningless smoke-test stand-in).
+            extractor's width, preferred when present), ``"patch-crops"`` (real crops of the patches
+            model's photos), or ``"random"`` (seeded noise images of ``image_size``, a meaningless
+            smoke-test stand-in).
         extractors: the run's feature modules (their ``fid`` module is used).
         batch_size: images per feature pass.
         image_size: side of the ``"random"`` images.
@@ -210,6 +250,14 @@ def load_reference(spec: str, extractors: FeatureExtractors, batch_size: int = 6
         for start in range(0, len(images), batch_size):
             add(images[start:start + batch_size])
         return ReferenceStats(total, cov, count, "random (uniform noise images: meaningless)", meaningless=True)
+    if spec == "patch-crops":
+        from benchmarks.quality import REAL_SEED
+        from training.train_patches import real_crops
+
+        crops = ((real_crops(PATCH_REFERENCE_COUNT, REAL_SEED) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        for start in range(0, len(crops), batch_size):
+            add(crops[start:start + batch_size])
+        return ReferenceStats(total, cov, count, f"{count} real 32x32 crops of the patches photos (seed {REAL_SEED})")
     path = Path(spec)
     if path.is_dir():
         for images in _folder_batches(path, batch_size):
@@ -253,7 +301,7 @@ class ImageQuality:
             self.fid.real_features_cov_sum = reference.features_cov_sum.clone().to(self.fid.real_features_sum.device)
             self.fid.real_features_num_samples = torch.tensor(reference.num_samples, dtype=torch.long,
                                                               device=self.fid.real_features_sum.device)
-        self.isc = InceptionScore(feature=extractors.isc)
+        self.isc = None if extractors.isc is None else InceptionScore(feature=extractors.isc)
         self.device = next(extractors.fid.parameters()).device
         self.count = 0
 
@@ -263,18 +311,20 @@ class ImageQuality:
         with torch.no_grad():
             if self.fid is not None:
                 self.fid.update(images, real=False)
-            self.isc.update(images)
+            if self.isc is not None:
+                self.isc.update(images)
         self.count += images.shape[0]
 
     def compute(self, seed: int = 0) -> dict[str, float | None]:
-        """``fid`` (None without a reference or with fewer than 2 images), ``is_mean``, ``is_std``.
+        """``fid`` (None without a reference or with fewer than 2 images), ``is_mean``, ``is_std`` (None
+        without a classifier).
 
         IS uses ``min(10, N)`` splits (10 is the standard) and a seeded shuffle.
         """
         out: dict[str, float | None] = dict(fid=None, is_mean=None, is_std=None)
         if self.fid is not None and self.count >= 2:
             out["fid"] = float(self.fid.compute())
-        if self.count >= 1:
+        if self.count >= 1 and self.isc is not None:
             self.isc.splits = max(1, min(10, self.count))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

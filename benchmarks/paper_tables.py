@@ -4,7 +4,8 @@ Scenarios (``--scenarios``): DiT: DDIM 25 / 50 / 100 and DDPM 100 (DDIM with eta
 50 / 100. Rows (``--methods``, from the registry ``benchmarks.methods``): ``sequential``, ``FP``
 (order 1, memory 1), ``FP+`` (order K, memory 1), ``ParaTAA-m2`` / ``ParaTAA-m3`` (order K, memory 2 / 3;
 like FP and FP+ the paper's affine equations with new steps copied), ``ParaDiGMS``
-(``paratAA.baselines.paradigms.solve_paradigms`` at ``--paradigms_tol``, diffusers' default 0.1). Every method
+(``paratAA.baselines.paradigms.solve_paradigms`` at ``--paradigms_tol``, diffusers' default 0.1) and
+``default`` (this library's recommended method, ``paratAA.RECOMMENDED``, at ``--tol``). Every method
 solves the same samples from the same noise (``paratAA.sample_noise``: sample k uses seed + k, so the
 numbers do not depend on ``--batch_size``) with window ``--window`` (default T) and tolerances
 ``--tol`` (tol1 = tol2, the reference 1e-3); order K is ``--order`` (default: DiT T, SD 20, the
@@ -29,6 +30,9 @@ Usage::
     .venv/bin/python -m benchmarks.paper_tables --model dit --model_path tiny --feature_extractor tiny-random \\
         --reference_images random --num_samples 4 --out /tmp/paper_tables_dit.json
     .venv/bin/python -m benchmarks.paper_tables --model sd --model_path tiny --clip_model tiny --num_samples 4
+    # the trained patches model: FID in its fixed PCA space against real crops (no IS: no classifier)
+    .venv/bin/python -m benchmarks.paper_tables --model dit --model_path patches --feature_extractor patches \
+        --reference_images patch-crops --scenarios ddim50,ddim100 --num_samples 200 --batch_size 20
     # paper scale: see benchmarks/RESULTS.md ("Paper tables")
 """
 
@@ -49,7 +53,7 @@ import torch
 from benchmarks.methods import METHODS, Method, latent_metrics, run_outcome
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ALL_METHODS = ("sequential", "FP", "FP+", "ParaTAA-m2", "ParaTAA-m3", "ParaDiGMS")
+ALL_METHODS = ("sequential", "FP", "FP+", "ParaTAA-m2", "ParaTAA-m3", "ParaDiGMS", "default")
 DEFAULT_SCENARIOS = {"dit": "ddim25,ddim50,ddim100,ddpm100", "sd": "ddim25,ddim50,ddim100"}
 DEFAULT_PROMPTS = (
     "a photograph of an astronaut riding a horse",
@@ -99,10 +103,11 @@ class Row:
 
 def method_row(name: str) -> Row:
     """The ``--methods`` entry ``name``: the paper's FP, FP+, ParaTAA-m{m} (the affine equations, new steps
-    copied, as the reference scripts; any memory m >= 2) and ParaDiGMS, from the method registry."""
+    copied, as the reference scripts; any memory m >= 2), ParaDiGMS, and this library's ``default``
+    (``paratAA.RECOMMENDED``, at the table's ``--tol``), from the method registry."""
     if name == "sequential":
         return Row(name, None)
-    if name in ("FP", "FP+", "ParaDiGMS"):
+    if name in ("FP", "FP+", "ParaDiGMS", "default"):
         return Row(name, METHODS[name])
     memory = name[len("ParaTAA-m"):]
     if name.startswith("ParaTAA-m") and memory.isdigit() and int(memory) >= 2:
@@ -131,6 +136,8 @@ class _Conditioning:
     def __init__(self, args: argparse.Namespace, adapter: Any):
         self.model = args.model
         self.cfg_scale = args.cfg_scale
+        if args.model == "dit" and adapter.adapter.num_classes == 1:  # models/patches: unconditional, no guidance
+            self.cfg_scale = 1.0
         if args.model == "dit":
             generator = torch.Generator().manual_seed(args.seed)
             self.labels = torch.randint(0, adapter.adapter.num_classes, (args.num_samples,), generator=generator)
@@ -294,10 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cfg_scale", type=float, default=4.0, help="guidance scale (reference scripts: 4.0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference_images", default=None,
-                        help="FID reference: image folder, .npz (arr_0 uint8 NHWC, or mu/sigma), or 'random' "
-                             "(noise images: meaningless); without it FID is n/a")
-    parser.add_argument("--feature_extractor", choices=("inception", "tiny-random"), default="inception",
-                        help="FID/IS features: torch-fidelity InceptionV3 (needs the metrics extra) or a random "
+                        help="FID reference: image folder, .npz (arr_0 uint8 NHWC, or mu/sigma), 'patch-crops' "
+                             "(real crops of the patches model's photos), or 'random' (noise images: meaningless); "
+                             "without it FID is n/a")
+    parser.add_argument("--feature_extractor", choices=("inception", "patches", "tiny-random"), default="inception",
+                        help="FID/IS features: torch-fidelity InceptionV3 (needs the metrics extra), the patches "
+                             "model's fixed PCA space (FID only; with --reference_images patch-crops) or a random "
                              "stand-in (meaningless)")
     parser.add_argument("--inception_weights", default=None,
                         help="local weights-inception-2015-12-05-6726825d.pth (needed offline)")

@@ -2,8 +2,10 @@
 
 ``load_problem(name, args)`` builds one: ``gmm`` (the analytic Gaussian mixture, latent 4x32x32, whose
 exact score makes the network cost nothing), ``digits`` (the trained pixel-space DiT of
-``models/digits``), ``tiny-dit`` / ``tiny-sd`` / ``tiny-sdxl`` / ``tiny-sd3`` (the tiny random-weight
-pipelines), ``dit`` / ``sd`` (real models by ``--dit_path`` / ``--sd_path``). ``args`` carries
+``models/digits``), ``patches`` (the trained unconditional 32x32 RGB pixel DiT of
+``models/patches``, whose samplers keep improving up to 50+ steps; sampled without guidance),
+``tiny-dit`` / ``tiny-sd`` / ``tiny-sdxl`` / ``tiny-sd3`` (the tiny random-weight pipelines), ``dit`` /
+``sd`` (real models by ``--dit_path`` / ``--sd_path``). ``args`` carries
 ``device``, ``seed``, ``samples`` (B), ``cfg_scale``, ``prompt``, the network's dtype
 (``network_dtype``) and, optionally, ``labels`` (the DiT problems' class per sample). A ``Problem``
 makes its ``eps_fn`` per schedule (``paratAA.EpsFn``: conditioning sample k of the batch) and its
@@ -20,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-PROBLEMS = ("gmm", "digits", "tiny-dit", "tiny-sd", "tiny-sdxl", "tiny-sd3", "dit", "sd")
+PROBLEMS = ("gmm", "digits", "patches", "tiny-dit", "tiny-sd", "tiny-sdxl", "tiny-sd3", "dit", "sd")
 # Problems that sample with their pipeline's own scheduler only (sampler name -> the pipeline's scheduler class).
 OWN_SAMPLER_PROBLEMS = {"tiny-sdxl": "euler", "tiny-sd3": "flow"}
 
@@ -127,19 +129,21 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         # sampler "flow": the same mixture under rectified flow, its exact velocity (SD3's sampler).
         # "unipc-flow": Wan's UniPC on the same rectified flow; "unipc-sd": UniPC over SD 1.5's betas.
         return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _gmm_scheduler(config, s, t))
-    if name in ("tiny-dit", "dit", "digits"):
+    if name in ("tiny-dit", "dit", "digits", "patches"):
         from paratAA.cli.models import load_dit
         from paratAA.pipelines.runner import class_conditioning
 
         if name == "dit" and not args.dit_path:
             raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
-        dit = load_dit({"tiny-dit": "tiny", "digits": "digits"}.get(name, args.dit_path), None, device,
-                       network_dtype(args))
+        dit = load_dit({"tiny-dit": "tiny", "digits": "digits", "patches": "patches"}.get(name, args.dit_path), None,
+                       device, network_dtype(args))
         dit.make_schedule(10)
-        # args.labels if given; else digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...
-        classes = getattr(args, "labels", None) or [(3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
-                                                    for k in range(args.samples)]
-        labels = class_conditioning(classes, args.cfg_scale)
+        # args.labels if given; else digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...;
+        # patches has one class (0) and is sampled unconditionally (guidance against its null class means nothing)
+        classes = getattr(args, "labels", None) or [
+            0 if name == "patches" else (3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
+            for k in range(args.samples)]
+        labels = class_conditioning(classes, 1.0 if name == "patches" else args.cfg_scale)
         config = dit.pipe.scheduler.config  # DDIM with DiT's respacing
         return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
                        lambda s, t: ordinary_scheduler(config, s, t))

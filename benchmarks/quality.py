@@ -19,8 +19,11 @@ repeated; any FD within a few times this floor is indistinguishable from "perfec
 
 Usage::
 
-    .venv/bin/python -m benchmarks.quality --model models/patches            # the full table (~20 min)
-    .venv/bin/python -m benchmarks.quality --model models/patches --dpm_steps 10 50 --ddim_steps \
+    .venv/bin/python -m benchmarks.quality                                   # 4 seeds, the regime verdict (~1.5 h)
+    .venv/bin/python -m benchmarks.quality --seeds 0 1 --out a.json &        # the same on two cores ...
+    .venv/bin/python -m benchmarks.quality --seeds 2 3 --out b.json; wait    # ... merged:
+    .venv/bin/python -m benchmarks.quality --merge a.json b.json
+    .venv/bin/python -m benchmarks.quality --dpm_steps 10 50 --ddim_steps --seeds 0 1 \
         --out benchmarks/results/quality_patches_quick.json                  # a quick check
 """
 
@@ -192,11 +195,55 @@ def sample(transformer, scheduler, steps: int, count: int, seed: int, batch: int
     return torch.cat(outputs)
 
 
+def _summary(rows: list[dict]) -> list[dict]:
+    """Per sampler configuration: the mean and the across-seed std (ddof 1) of its FD to real."""
+    configs = sorted({(r["sampler"], r["spacing"], r["steps"]) for r in rows})
+    summary = []
+    for sampler, spacing, steps in configs:
+        values = [r["fd"] for r in rows if (r["sampler"], r["spacing"], r["steps"]) == (sampler, spacing, steps)]
+        summary.append({"sampler": sampler, "spacing": spacing, "steps": steps, "seeds": len(values),
+                        "fd_mean": float(np.mean(values)),
+                        "fd_std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
+    return summary
+
+
+def seed_noise(summary: list[dict]) -> float | None:
+    """The FD's seed-to-seed noise: the across-seed std of one FD value, pooled over configurations."""
+    variances = [row["fd_std"] ** 2 for row in summary if row["fd_std"] is not None]
+    return float(np.sqrt(np.mean(variances))) if variances else None
+
+
+def regime(summary: list[dict], noise: float | None, factor: float = 5.0) -> dict:
+    """Does quality keep improving with steps? (issue 18's test of a model worth sampling in parallel)
+
+    ``dpm_gap``: mean FD of DPM++ 2M at its fewest steps minus at its most (the best spacing, the one
+    with the lower FD at its most steps); it should exceed ``factor`` x the seed noise.
+    ``ddim_within_noise``: the fewest DDIM steps whose mean FD is within the noise of the most steps'.
+    """
+    verdict: dict = {"noise": noise, "factor": factor}
+    dpm = [r for r in summary if r["sampler"] == "dpm"]
+    if dpm and noise:
+        spacings = {r["spacing"] for r in dpm}
+        best = min(spacings, key=lambda s: max((r for r in dpm if r["spacing"] == s), key=lambda r: r["steps"])["fd_mean"])
+        rows = sorted((r for r in dpm if r["spacing"] == best), key=lambda r: r["steps"])
+        gap = rows[0]["fd_mean"] - rows[-1]["fd_mean"]
+        verdict["dpm"] = {"spacing": best, "fewest": rows[0]["steps"], "most": rows[-1]["steps"], "gap": gap,
+                          "gap_over_noise": gap / noise, "holds": gap > factor * noise}
+    ddim = sorted((r for r in summary if r["sampler"] == "ddim"), key=lambda r: r["steps"])
+    if ddim and noise:
+        target = ddim[-1]["fd_mean"]
+        within = next(r["steps"] for r in ddim if r["fd_mean"] - target <= noise)
+        verdict["ddim"] = {"reference_steps": ddim[-1]["steps"], "fewest_within_noise": within,
+                           "gaps": {r["steps"]: r["fd_mean"] - target for r in ddim}, "holds": within >= 50}
+    return verdict
+
+
 def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_steps: list[int], ddim_spacing: str,
-        count: int, seed: int, seed2: int, components: int, floor_repeats: int, seed2_config: tuple[str, str, int],
+        count: int, seeds: list[int], components: int, floor_repeats: int,
         features_cache: Path | None = None, log: Callable[[str], None] = print,
         keep_features: dict | None = None) -> dict:
-    """Measure FD-to-real of every sampler configuration, plus the real and seed-to-seed floors."""
+    """FD to real of every sampler configuration for every noise seed, the real-vs-real floor, the
+    across-seed noise of the FD and the regime verdict (``regime``)."""
     from training.train_patches import real_crops
 
     start = time.perf_counter()
@@ -207,47 +254,86 @@ def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_ste
     transformer = load_transformer(model_dir)
     rows = []
     configs = [("dpm", s, n) for s in dpm_spacings for n in dpm_steps] + [("ddim", ddim_spacing, n) for n in ddim_steps]
-    kept = {}
-    for sampler, spacing, steps in configs:
-        t0 = time.perf_counter()
-        images = sample(transformer, make_scheduler(sampler, spacing, model_dir), steps, count, seed)
-        feats = features(images)
-        if (sampler, spacing, steps) == tuple(seed2_config):
-            kept["first"] = feats
-        if keep_features is not None:
-            keep_features[f"{sampler}_{spacing}_{steps}_seed{seed}"] = feats
-        rows.append({"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed,
-                     "fd": fd_between(feats, real), "seconds": round(time.perf_counter() - t0, 1)})
-        log(f"{sampler:5s} {spacing:9s} {steps:4d} steps  FD {rows[-1]['fd']:8.3f}  ({rows[-1]['seconds']} s)")
-    sampler, spacing, steps = seed2_config
-    images = sample(transformer, make_scheduler(sampler, spacing, model_dir), steps, count, seed2)
-    feats2 = features(images)
+    first_config: dict[int, np.ndarray] = {}
+    for seed in seeds:
+        for sampler, spacing, steps in configs:
+            t0 = time.perf_counter()
+            images = sample(transformer, make_scheduler(sampler, spacing, model_dir), steps, count, seed)
+            feats = features(images)
+            if (sampler, spacing, steps) == configs[-1]:
+                first_config[seed] = feats
+            if keep_features is not None:
+                keep_features[f"{sampler}_{spacing}_{steps}_seed{seed}"] = feats
+            rows.append({"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed,
+                         "fd": fd_between(feats, real), "seconds": round(time.perf_counter() - t0, 1)})
+            log(f"seed {seed}  {sampler:5s} {spacing:9s} {steps:4d} steps  FD {rows[-1]['fd']:8.3f}  "
+                f"({rows[-1]['seconds']} s)")
     if keep_features is not None:
-        keep_features[f"{sampler}_{spacing}_{steps}_seed{seed2}"] = feats2
         keep_features["real"] = real
-    if "first" not in kept:
-        kept["first"] = features(sample(transformer, make_scheduler(sampler, spacing, model_dir), steps, count, seed))
-    seed_floor = {"sampler": sampler, "spacing": spacing, "steps": steps, "seeds": [seed, seed2],
-                  "fd_between_seeds": fd_between(kept["first"], feats2), "fd_to_real_seed2": fd_between(feats2, real)}
-    log(f"seed-to-seed ({sampler} {spacing} {steps}, seeds {seed} vs {seed2}): FD {seed_floor['fd_between_seeds']:.3f}; "
-        f"seed {seed2} FD to real {seed_floor['fd_to_real_seed2']:.3f}")
+    summary = _summary(rows)
+    noise = seed_noise(summary)
+    between = ([fd_between(first_config[seeds[0]], first_config[seeds[1]])] if len(seeds) > 1 else [])
+    verdict = regime(summary, noise)
+    if noise is not None:
+        log(f"seed-to-seed noise of one FD (std over {len(seeds)} seeds, pooled): {noise:.3f}; FD between the "
+            f"sample sets of seeds {seeds[0]} and {seeds[1]} ({' '.join(map(str, configs[-1]))}): {between[0]:.3f}")
     return {"model": str(model_dir), "count": count, "features": f"whitened PCA-{components} pixels + "
             f"whitened PCA-{components} high-pass, fitted on 20000 real crops (seed {FIT_SEED})",
-            "real_seed": REAL_SEED, "real_floor": floor, "seed_floor": seed_floor, "rows": rows,
+            "real_seed": REAL_SEED, "seeds": seeds, "real_floor": floor, "seed_noise": noise,
+            "fd_between_seed_sets": between, "regime": verdict, "summary": summary, "rows": rows,
             "seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
 
 
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same configurations with disjoint seeds (run in parallel processes):
+    rows joined, summary, seed noise and verdict recomputed; the first part's floor and FD between seed sets."""
+    first = parts[0]
+    for part in parts[1:]:
+        if (part["model"], part["count"], part["features"]) != (first["model"], first["count"], first["features"]):
+            raise SystemExit("--merge: the runs differ in model, count or feature space")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--merge: the runs share noise seeds ({seeds})")
+    rows = [row for part in parts for row in part["rows"]]
+    summary = _summary(rows)
+    noise = seed_noise(summary)
+    return {**first, "seeds": seeds, "rows": rows, "summary": summary, "seed_noise": noise,
+            "regime": regime(summary, noise), "seconds": sum(part["seconds"] for part in parts),
+            "merged_from": [part.get("command") for part in parts]}
+
+
 def table(result: dict) -> str:
-    """A markdown table of FD vs steps, one column per sampler configuration."""
-    columns = sorted({(r["sampler"], r["spacing"]) for r in result["rows"]})
-    steps = sorted({r["steps"] for r in result["rows"]})
-    lookup = {(r["sampler"], r["spacing"], r["steps"]): r["fd"] for r in result["rows"]}
+    """A markdown table of mean FD (+- across-seed std) vs steps, one column per sampler configuration."""
+    summary = result.get("summary") or _summary(result["rows"])
+    columns = sorted({(r["sampler"], r["spacing"]) for r in summary})
+    steps = sorted({r["steps"] for r in summary})
+    lookup = {(r["sampler"], r["spacing"], r["steps"]): r for r in summary}
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return ""
+        return f"{row['fd_mean']:.2f}" + (f" +- {row['fd_std']:.2f}" if row["fd_std"] is not None else "")
+
     lines = ["| steps | " + " | ".join(f"{s} {p}" for s, p in columns) + " |",
              "|---:|" + "---:|" * len(columns)]
     for n in steps:
-        cells = [f"{lookup[(s, p, n)]:.2f}" if (s, p, n) in lookup else "" for s, p in columns]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(lookup.get((s, p, n))) for s, p in columns) + " |")
     return "\n".join(lines)
+
+
+def describe_regime(verdict: dict) -> list[str]:
+    """One line per test of ``regime``'s verdict."""
+    lines = []
+    if "dpm" in verdict:
+        d = verdict["dpm"]
+        lines.append(f"DPM++ 2M ({d['spacing']}): FD{d['fewest']} - FD{d['most']} = {d['gap']:.3f} = "
+                     f"{d['gap_over_noise']:.1f}x the seed noise ({'holds' if d['holds'] else 'fails'}: "
+                     f"> {verdict['factor']:g}x)")
+    if "ddim" in verdict:
+        d = verdict["ddim"]
+        lines.append(f"DDIM: fewest steps within the noise of DDIM-{d['reference_steps']}: {d['fewest_within_noise']} "
+                     f"({'holds' if d['holds'] else 'fails'}: >= 50)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,14 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "patches",
                         help="a DiTPipeline directory (pixel space, one class)")
     parser.add_argument("--count", type=int, default=400, help="images per set")
-    parser.add_argument("--dpm_steps", type=int, nargs="*", default=[5, 10, 20, 50])
-    parser.add_argument("--dpm_spacings", nargs="+", default=["trailing", "linspace"])
-    parser.add_argument("--ddim_steps", type=int, nargs="*", default=[10, 25, 50, 100, 250])
-    parser.add_argument("--ddim_spacing", default="linspace")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seed2", type=int, default=1, help="second noise seed for the seed-to-seed floor")
-    parser.add_argument("--seed2_config", nargs=3, default=["dpm", "trailing", "50"],
-                        metavar=("SAMPLER", "SPACING", "STEPS"))
+    parser.add_argument("--dpm_steps", type=int, nargs="*", default=[10, 20, 50])
+    parser.add_argument("--dpm_spacings", nargs="+", default=["trailing"])
+    parser.add_argument("--ddim_steps", type=int, nargs="*", default=[25, 50, 100, 250])
+    parser.add_argument("--ddim_spacing", default="trailing")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="noise seeds; each configuration is sampled with each (the FD's seed noise)")
     parser.add_argument("--components", type=int, default=16, help="PCA components per feature block")
     parser.add_argument("--floor_repeats", type=int, default=5)
     parser.add_argument("--features_cache", type=Path, default=None,
@@ -271,15 +355,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write every set's features to an .npz next to --out (for paired comparisons)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "quality_patches.json")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="do not sample: merge these results of disjoint --seeds into --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kept: dict | None = {} if args.save_features else None
-    seed2_config = (args.seed2_config[0], args.seed2_config[1], int(args.seed2_config[2]))
-    result = run(args.model, args.dpm_steps, args.dpm_spacings, args.ddim_steps, args.ddim_spacing, args.count,
-                 args.seed, args.seed2, args.components, args.floor_repeats, seed2_config,
-                 args.features_cache, keep_features=kept)
+    if args.merge:
+        result = merge([json.loads(path.read_text()) for path in args.merge])
+    else:
+        result = run(args.model, args.dpm_steps, args.dpm_spacings, args.ddim_steps, args.ddim_spacing, args.count,
+                     args.seeds, args.components, args.floor_repeats, args.features_cache, keep_features=kept)
     result["command"] = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     print(table(result))
+    print("\n".join(describe_regime(result["regime"])))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if kept:

@@ -1,4 +1,4 @@
-"""The feature space and real-data floors of benchmarks/quality_digits.py (seconds; no sampling)."""
+"""The feature space and real-data floors of benchmarks/frontier.py (seconds; no sampling)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.frontier import NUM_CLASSES, stratified_subsets
 from benchmarks.quality import PatchFeatures, fd_between
-from benchmarks.quality_digits import NUM_CLASSES, stratified_subsets
 
 pytest.importorskip("sklearn")
 

@@ -84,3 +84,16 @@ def test_real_crops_are_offline_and_seeded():
     assert crops.shape == (6, 3, 32, 32) and crops.min() >= -1 and crops.max() <= 1
     assert torch.equal(crops, real_crops(6, seed=5))
     assert not torch.equal(crops, real_crops(6, seed=6))
+
+
+def test_the_paper_tables_feature_module_is_the_same_space_on_uint8_images():
+    """benchmarks.metrics.PatchFeatureModule (the FID column of paper_tables on the patches model)."""
+    from benchmarks.metrics import PatchFeatureModule
+
+    crops = torch.nn.functional.interpolate(_images(0, 200), size=32, mode="bilinear")
+    space = PatchFeatures.fit(crops, components=6)
+    module = PatchFeatureModule(space)
+    uint8 = ((crops[:20] + 1) * 127.5).round().to(torch.uint8)
+    assert module.num_features == 12
+    np.testing.assert_allclose(module(uint8).numpy(), space(uint8.double() / 127.5 - 1), atol=1e-10)
+    assert module(torch.zeros(1, 3, 299, 299, dtype=torch.uint8)).shape == (1, 12)  # torchmetrics' probe size
