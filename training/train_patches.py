@@ -288,6 +288,20 @@ def sample_sheet(model_dir: Path, count: int = 32, steps: int = 50, seed: int = 
     return contact_sheet([pictures[i:i + 8] for i in range(0, len(pictures), 8)], min_size=32)
 
 
+def pilot_rows(loss_csv: Path) -> list[tuple[int, float, float, float]]:
+    """``(step, training hours, FD at 10, FD at 50 DPM++ 2M trailing steps)`` of the pilot evaluations of
+    earlier checkpoints (``benchmarks/results/quality_patches_pilot_step*.json``), by step."""
+    seconds = {int(row["step"]): float(row["seconds"]) for row in csv.DictReader(open(loss_csv))}
+    rows = []
+    for path in (REPO / "benchmarks" / "results").glob("quality_patches_pilot_step*.json"):
+        step = int(path.stem.removeprefix("quality_patches_pilot_step").split("_")[0])
+        fd = {r["steps"]: r["fd"] for r in json.loads(path.read_text())["rows"]
+              if (r["sampler"], r["spacing"]) == ("dpm", "trailing")}
+        if 10 in fd and 50 in fd and step in seconds:
+            rows.append((step, seconds[step] / 3600, fd[10], fd[50]))
+    return sorted(rows)
+
+
 def write_card(output_dir: Path, facts: dict, quality: dict | None) -> None:
     """``README.md`` of the exported model: data, model, training, measured quality against steps."""
     hours = facts["train_seconds"] / 3600
@@ -329,8 +343,15 @@ def write_card(output_dir: Path, facts: dict, quality: dict | None) -> None:
                   f"size: {quality['real_floor']['mean']:.2f} +- {quality['real_floor']['std']:.2f}. "
                   f"Seed-to-seed noise of one FD: {quality['seed_noise']:.3f}.", "",
                   table(quality), "", *[f"- {line}" for line in describe_regime(quality["regime"])], "",
-                  f"Command: `{quality['command']}`" + (" (merged from two processes)" if "merged_from" in quality
-                                                        else "")]
+                  "Commands: " + "".join(f"`{command}` and " for command in quality.get("merged_from", [])[:-1])
+                  + "".join(f"`{command}` (in parallel), then " for command in quality.get("merged_from", [])[-1:])
+                  + f"`{quality['command']}`."]
+    pilots = pilot_rows(output_dir / "loss.csv")
+    if pilots:
+        lines += ["", "Earlier checkpoints of the same run (one noise seed each; `benchmarks/results/"
+                  "quality_patches_pilot_step*.json`): DPM++ 2M (trailing) FD at 10 and 50 steps.", "",
+                  "| training step | hours | FD, 10 steps | FD, 50 steps |", "|---:|---:|---:|---:|",
+                  *[f"| {step:,} | {hours:.1f} | {fd10:.2f} | {fd50:.2f} |" for step, hours, fd10, fd50 in pilots]]
     lines += ["", "`samples.png`: top four rows, sequential DPM-Solver++ 2M with 50 steps, seed 0; bottom four rows,",
               "real crops.", "", "![samples](samples.png)", ""]
     (output_dir / "README.md").write_text("\n".join(lines))
