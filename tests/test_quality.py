@@ -97,3 +97,39 @@ def test_the_paper_tables_feature_module_is_the_same_space_on_uint8_images():
     assert module.num_features == 12
     np.testing.assert_allclose(module(uint8).numpy(), space(uint8.double() / 127.5 - 1), atol=1e-10)
     assert module(torch.zeros(1, 3, 299, 299, dtype=torch.uint8)).shape == (1, 12)  # torchmetrics' probe size
+
+
+def _rows(fds: dict[tuple[str, int], list[float]]) -> list[dict]:
+    return [{"sampler": s, "spacing": "trailing", "steps": n, "seed": seed, "fd": fd}
+            for (s, n), values in fds.items() for seed, fd in enumerate(values)]
+
+
+def test_regime_verdict_compares_gaps_with_the_across_seed_noise():
+    from benchmarks.quality import _summary, regime, seed_noise
+
+    rows = _rows({("dpm", 10): [4.0, 4.2], ("dpm", 50): [2.8, 3.0],
+                  ("ddim", 25): [3.6, 3.8], ("ddim", 50): [3.1, 3.3], ("ddim", 100): [2.95, 3.15],
+                  ("ddim", 250): [2.9, 3.1]})
+    summary = _summary(rows)
+    noise = seed_noise(summary)
+    assert noise == pytest.approx(np.sqrt(0.02))  # every configuration: std (ddof 1) of two values 0.2 apart
+    verdict = regime(summary, noise)
+    assert verdict["dpm"]["gap"] == pytest.approx(1.2) and verdict["dpm"]["holds"]  # 1.2 > 5 x 0.141
+    # DDIM-50 is 0.2 above DDIM-250 (beyond the noise 0.141), DDIM-100 0.05 (within it)
+    assert verdict["ddim"]["fewest_within_noise"] == 100 and verdict["ddim"]["holds"]
+    flat = regime(_summary(_rows({("dpm", 10): [3.0, 3.2], ("dpm", 50): [2.9, 3.1],
+                                  ("ddim", 25): [2.95, 3.15], ("ddim", 250): [2.9, 3.1]})), noise)
+    assert not flat["dpm"]["holds"] and flat["ddim"]["fewest_within_noise"] == 25 and not flat["ddim"]["holds"]
+
+
+def test_merge_joins_disjoint_seeds_and_refuses_shared_ones():
+    from benchmarks.quality import merge
+
+    part = {"model": "m", "count": 4, "features": "f", "seconds": 1.0, "command": "c"}
+    a = {**part, "seeds": [0, 1], "rows": _rows({("dpm", 10): [4.0, 4.2]})}
+    b_rows = [dict(row, seed=row["seed"] + 2) for row in _rows({("dpm", 10): [4.4, 4.6]})]
+    merged = merge([a, {**part, "seeds": [2, 3], "rows": b_rows}])
+    assert merged["seeds"] == [0, 1, 2, 3] and merged["summary"][0]["seeds"] == 4
+    assert merged["summary"][0]["fd_mean"] == pytest.approx(4.3)
+    with pytest.raises(SystemExit, match="share noise seeds"):
+        merge([a, a])
