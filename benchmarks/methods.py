@@ -82,7 +82,8 @@ class Method:
         if self.kind != "solve":
             module, function = BASELINES[self.kind]
             solver = getattr(importlib.import_module(module), function)
-            return solver(eps_fn, schedule, noise, window_size=window, tolerance=tol, callback=callback)
+            tolerance = {} if tol is None else {"tolerance": tol}  # None: the baseline's own default
+            return solver(eps_fn, schedule, noise, window_size=window, callback=callback, **tolerance)
         from paratAA import solve
 
         options = dict(self.options)

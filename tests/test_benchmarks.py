@@ -230,6 +230,8 @@ def test_one_method_registry_serves_every_benchmark():
         tol = 1e-9 if registered.kind == "solve" else 1e-7
         result = registered.run(eps_fn, schedule, noise, 10, tol)
         assert float((result.samples - reference).abs().max()) < 1e-6, name
+        out_of_box = registered.run(eps_fn, schedule, noise, 10, None)  # each method's own default tolerance
+        assert out_of_box.converged and float((out_of_box.samples - reference).abs().max()) < 0.5, name
     grid = {e.name: e for e in compare.method_grid(10, 1e-3, with_diffusers=True)}
     assert grid["ParaTAA m3 K10"].method.options == dict(order=10, memory_size=3, **PAPER_FORM)
     assert grid["ParaTAA-inc m3 K10 tol/100"].tol == pytest.approx(1e-5)
