@@ -254,14 +254,14 @@ def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_ste
     transformer = load_transformer(model_dir)
     rows = []
     configs = [("dpm", s, n) for s in dpm_spacings for n in dpm_steps] + [("ddim", ddim_spacing, n) for n in ddim_steps]
-    first_config: dict[int, np.ndarray] = {}
+    last_config_sets: dict[int, np.ndarray] = {}  # per seed, the features of the last configuration (the FD between seeds)
     for seed in seeds:
         for sampler, spacing, steps in configs:
             t0 = time.perf_counter()
             images = sample(transformer, make_scheduler(sampler, spacing, model_dir), steps, count, seed)
             feats = features(images)
             if (sampler, spacing, steps) == configs[-1]:
-                first_config[seed] = feats
+                last_config_sets[seed] = feats
             if keep_features is not None:
                 keep_features[f"{sampler}_{spacing}_{steps}_seed{seed}"] = feats
             rows.append({"sampler": sampler, "spacing": spacing, "steps": steps, "seed": seed,
@@ -272,7 +272,7 @@ def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_ste
         keep_features["real"] = real
     summary = _summary(rows)
     noise = seed_noise(summary)
-    between = ([fd_between(first_config[seeds[0]], first_config[seeds[1]])] if len(seeds) > 1 else [])
+    between = ([fd_between(last_config_sets[seeds[0]], last_config_sets[seeds[1]])] if len(seeds) > 1 else [])
     verdict = regime(summary, noise)
     if noise is not None:
         log(f"seed-to-seed noise of one FD (std over {len(seeds)} seeds, pooled): {noise:.3f}; FD between the "
