@@ -225,49 +225,50 @@ def load_ema(checkpoint: Path):
     return ema
 
 
-def export(checkpoint: Path, output_dir: Path, prediction_type: str | None = None) -> None:
-    """Save a checkpoint's EMA weights as a diffusers ``DiTPipeline`` directory without a VAE.
+def _checkpoint_and_run(checkpoint: Path) -> tuple[dict, dict]:
+    """A checkpoint's contents and its training run's record (arguments, loss log): the checkpoint's own
+    (``last.pt``), else that of ``last.pt`` beside it (a kept ``ema_*.pt`` holds only the EMA weights,
+    the step and the prediction type)."""
+    state = torch.load(checkpoint, weights_only=False)
+    last = checkpoint.parent / "last.pt"
+    if "log" in state or not last.exists():
+        return state, state
+    return state, torch.load(last, weights_only=False)
 
-    The scheduler's ``prediction_type`` is the one the checkpoint was trained with (read from the
-    checkpoint, else from ``last.pt`` beside it, else epsilon), unless ``prediction_type`` is given.
-    The loss curve (``loss.csv``) is the checkpoint's log, or for a kept ``ema_*.pt`` the log of
-    ``last.pt`` beside it up to that step.
+
+def export(checkpoint: Path, output_dir: Path, prediction_type: str | None = None) -> dict:
+    """Save a checkpoint's EMA weights as a diffusers ``DiTPipeline`` directory without a VAE; return the
+    model card's facts.
+
+    The scheduler's ``prediction_type`` is the one the checkpoint was trained with (else epsilon),
+    unless ``prediction_type`` is given. The loss curve (``loss.csv``) is the run's log up to the
+    checkpoint's step (``_checkpoint_and_run``). The facts: the training arguments, the exported step,
+    the loss and training time of the log's last row, the size, and the command that reproduces it.
     """
     from diffusers import DDPMScheduler, DiTPipeline
 
-    state = torch.load(checkpoint, weights_only=False)
-    last = checkpoint.parent / "last.pt"
-    full = state if "log" in state or not last.exists() else torch.load(last, weights_only=False)
-    if prediction_type is None:
-        prediction_type = (state.get("args") or full.get("args", {})).get("prediction_type", "epsilon")
+    state, run = _checkpoint_and_run(checkpoint)
+    arguments = {**run.get("args", {}), **state.get("args", {})}
+    prediction_type = prediction_type or arguments.get("prediction_type", "epsilon")
     scheduler = DDPMScheduler(**(SCHEDULER_CONFIG | {"prediction_type": prediction_type}))
-    pipe = DiTPipeline(transformer=load_ema(checkpoint), vae=None, scheduler=scheduler)
+    transformer = load_ema(checkpoint)
+    pipe = DiTPipeline(transformer=transformer, vae=None, scheduler=scheduler)
     output_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(output_dir, safe_serialization=True)
     step = state.get("step")
-    log = [entry for entry in full.get("log") or [] if step is None or entry["step"] <= step]
-    if log:
-        write_loss_csv(output_dir / "loss.csv", log)
-
-
-def exported_facts(checkpoint: Path, output_dir: Path) -> dict:
-    """The model card's facts about an export: the training arguments (from the checkpoint, else ``last.pt``
-    beside it), the exported step, its loss and training time (the last ``loss.csv`` row), the size."""
-    state = torch.load(checkpoint, weights_only=False)
-    last = checkpoint.parent / "last.pt"
-    arguments = state.get("args", {})
-    if "batch_size" not in arguments and last.exists():
-        arguments = torch.load(last, weights_only=False)["args"]
-    log = list(csv.DictReader(open(output_dir / "loss.csv")))
-    step = state.get("step", int(log[-1]["step"]))
-    keys = ("batch_size", "lr", "warmup", "prediction_type", "ema_decay", "seed")
-    return {**{key: arguments[key] for key in keys}, "steps": step,
+    log = [entry for entry in run.get("log") or [] if step is None or entry["step"] <= step]
+    if not log:
+        raise SystemExit(f"{checkpoint}: no loss log in it or in a last.pt beside it, so no model card")
+    write_loss_csv(output_dir / "loss.csv", log)
+    step = step if step is not None else log[-1]["step"]
+    keys = ("batch_size", "lr", "warmup", "ema_decay", "seed")
+    return {**{key: arguments[key] for key in keys}, "prediction_type": prediction_type, "steps": step,
             "final_smoothed_loss": float(log[-1]["smoothed_loss"]), "train_seconds": float(log[-1]["seconds"]),
             "log_last_step": int(log[-1]["step"]),  # a kept ema_*.pt may lie a little past the last logged checkpoint
-            "parameters": sum(p.numel() for p in load_ema(checkpoint).parameters()), "torch": torch.__version__,
+            "parameters": sum(p.numel() for p in transformer.parameters()), "torch": torch.__version__,
             # seeded and resumable: this command reproduces the same weights however often it is interrupted
             "command": f"python -m training.train_patches --steps {step}"
-                       + ("" if arguments["prediction_type"] == "epsilon" else " --prediction_type v_prediction")}
+                       + ("" if prediction_type == "epsilon" else " --prediction_type v_prediction")}
 
 
 @torch.no_grad()
@@ -390,8 +391,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{facts['final_smoothed_loss']:.4f}")
     if not args.no_export:
         checkpoint = args.export_checkpoint or args.checkpoint_dir / "last.pt"
-        export(checkpoint, args.output_dir)
-        facts = exported_facts(checkpoint, args.output_dir)
+        facts = export(checkpoint, args.output_dir)
         (args.output_dir / "training.json").write_text(json.dumps(facts, indent=2) + "\n")
         sample_sheet(args.output_dir).save(args.output_dir / "samples.png")
         write_card(args.output_dir, facts, json.loads(args.quality.read_text()) if args.quality.exists() else None)
