@@ -101,7 +101,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     from paratAA.cli.runs import RunFolder, print_report, run_name, run_solve, write_config
     from paratAA.cli.session import resolved_settings, start
     from paratAA.distributed import shard_eps_fn
-    from paratAA.pipelines.runner import class_conditioning
+    from paratAA.pipelines.runner import class_conditioning, dit_guidance_scale
 
     # 1. Join the processes, load the model, build the sampler's schedule and the solver's options.
     context, runner, schedule, options = start(
@@ -110,8 +110,7 @@ def sample(args: argparse.Namespace, device: torch.device) -> None:
     # 2. What to sample: class labels, per-sample noise (identical on every process), the network.
     num_classes = runner.adapter.num_classes
     labels = resolve_labels(args.class_labels, args.num_samples, args.seed, num_classes)
-    # A one-class model (models/patches) is unconditional: guiding it against its null class means nothing.
-    guidance_scale = args.cfg_scale if num_classes > 1 else 1.0
+    guidance_scale = dit_guidance_scale(args.cfg_scale, num_classes)
     if guidance_scale != args.cfg_scale and context.is_main:
         print(f"this model has a single class: it samples unconditionally (--cfg_scale {args.cfg_scale:g} not used)")
     conditioning = class_conditioning(labels, guidance_scale)

@@ -136,9 +136,10 @@ class _Conditioning:
     def __init__(self, args: argparse.Namespace, adapter: Any):
         self.model = args.model
         self.cfg_scale = args.cfg_scale
-        if args.model == "dit" and adapter.adapter.num_classes == 1:  # models/patches: unconditional, no guidance
-            self.cfg_scale = 1.0
         if args.model == "dit":
+            from paratAA.pipelines.runner import dit_guidance_scale
+
+            self.cfg_scale = dit_guidance_scale(args.cfg_scale, adapter.adapter.num_classes)
             generator = torch.Generator().manual_seed(args.seed)
             self.labels = torch.randint(0, adapter.adapter.num_classes, (args.num_samples,), generator=generator)
         else:

@@ -131,7 +131,7 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
         return Problem(name, (4, 32, 32), gmm.eps_fn, lambda s, t: _gmm_scheduler(config, s, t))
     if name in ("tiny-dit", "dit", "digits", "patches"):
         from paratAA.cli.models import load_dit
-        from paratAA.pipelines.runner import class_conditioning
+        from paratAA.pipelines.runner import class_conditioning, dit_guidance_scale
 
         if name == "dit" and not args.dit_path:
             raise SystemExit("--problems dit needs --dit_path (a hub id or a local DiT checkpoint)")
@@ -139,11 +139,11 @@ def load_problem(name: str, args: argparse.Namespace) -> Problem:
                        device, network_dtype(args))
         dit.make_schedule(10)
         # args.labels if given; else digits: classes 0, 3, 6, 9, 2, ...; ImageNet: 207 (golden retriever), 307, ...;
-        # patches has one class (0) and is sampled unconditionally (guidance against its null class means nothing)
+        # patches: its one class, 0 (sampled unguided: dit_guidance_scale)
         classes = getattr(args, "labels", None) or [
             0 if name == "patches" else (3 * k) % 10 if name == "digits" else (207 + 100 * k) % 1000
             for k in range(args.samples)]
-        labels = class_conditioning(classes, 1.0 if name == "patches" else args.cfg_scale)
+        labels = class_conditioning(classes, dit_guidance_scale(args.cfg_scale, dit.adapter.num_classes))
         config = dit.pipe.scheduler.config  # DDIM with DiT's respacing
         return Problem(name, dit.latent_shape, lambda schedule: dit.eps_fn(labels, schedule),
                        lambda s, t: ordinary_scheduler(config, s, t))

@@ -40,7 +40,8 @@ from .base import MISSING, delegate, restore
 from .defaults import DIT_DDIM
 from .sampling import Prepared, adapter_for, prepare
 
-__all__ = ["SAMPLERS", "PipelineRunner", "class_conditioning", "text_conditioning", "use_sampler"]
+__all__ = ["SAMPLERS", "PipelineRunner", "class_conditioning", "dit_guidance_scale", "text_conditioning",
+           "use_sampler"]
 
 # DDIM over a pipeline's scheduler configuration, with these overrides per pipeline class.
 _DDIM_OVERRIDES = {"StableDiffusionPipeline": dict(clip_sample=False), "DiTPipeline": DIT_DDIM,
@@ -122,6 +123,13 @@ def class_conditioning(class_labels: Any, guidance_scale: float) -> dict[str, An
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"class_labels: expected a 1-D integer tensor or list, got {class_labels!r}")
     return {"class_labels": labels.tolist(), "guidance_scale": _scale(guidance_scale)}
+
+
+def dit_guidance_scale(guidance_scale: float, num_classes: int) -> float:
+    """The guidance scale a DiT is sampled with by the scripts and benchmarks: ``guidance_scale``, except
+    for a one-class model (``models/patches``), which is unconditional: guiding it against its null
+    class means nothing, so 1."""
+    return guidance_scale if num_classes > 1 else 1.0
 
 
 class PipelineRunner:
