@@ -94,25 +94,22 @@ class TinyRandomFeatures(nn.Module):
 class PatchFeatureModule(nn.Module):
     """``benchmarks.quality.PatchFeatures`` as a feature module of uint8 ``(N, 3, H, W)`` images.
 
-    Its fixed projections are frozen parameters (they say where the module runs). Images of another
-    size are area-resized to the crops' 32x32 first (torchmetrics probes a module with one 299x299 image).
+    The features are ``PatchFeatures``' own (computed on the CPU in float64). Images of another size
+    are area-resized to the crops' 32x32 first (torchmetrics probes a module with one 299x299 image).
     """
 
     def __init__(self, features: "PatchFeatures"):
         super().__init__()
-        for name, value in vars(features).items():
-            self.register_parameter(name, nn.Parameter(torch.as_tensor(value, dtype=torch.float64), requires_grad=False))
-        self.num_features = int(self.pixel_projection.shape[1] + self.detail_projection.shape[1])
+        self.features = features
+        # load_reference and torchmetrics find a module's device from its parameters: an empty one says it
+        self.device_marker = nn.Parameter(torch.zeros(0, dtype=torch.float64), requires_grad=False)
+        self.num_features = int(features.pixel_projection.shape[1] + features.detail_projection.shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from benchmarks.quality import high_pass
-
         x = images.double() / 127.5 - 1.0
         if x.shape[-1] != PATCH_SIZE or x.shape[-2] != PATCH_SIZE:
             x = nn.functional.adaptive_avg_pool2d(x, PATCH_SIZE)
-        pixels = (x.flatten(1) - self.pixel_mean) @ self.pixel_projection
-        detail = (high_pass(x).flatten(1) - self.detail_mean) @ self.detail_projection
-        return torch.cat([pixels, detail], dim=1)
+        return torch.from_numpy(self.features(x)).to(images.device)
 
 
 @dataclass
