@@ -216,9 +216,10 @@ def seed_noise(summary: list[dict]) -> float | None:
 def regime(summary: list[dict], noise: float | None, factor: float = 5.0) -> dict:
     """Does quality keep improving with steps? (issue 18's test of a model worth sampling in parallel)
 
-    ``dpm_gap``: mean FD of DPM++ 2M at its fewest steps minus at its most (the best spacing, the one
-    with the lower FD at its most steps); it should exceed ``factor`` x the seed noise.
-    ``ddim_within_noise``: the fewest DDIM steps whose mean FD is within the noise of the most steps'.
+    ``"dpm"``: its ``gap``, the mean FD of DPM++ 2M at its fewest steps minus at its most (the best
+    spacing, the one with the lower FD at its most steps), which should exceed ``factor`` x the seed noise.
+    ``"ddim"``: ``fewest_within_noise``, the fewest DDIM steps whose mean FD is within the noise of the
+    most steps', which should be >= 50. Each with ``holds``.
     """
     verdict: dict = {"noise": noise, "factor": factor}
     dpm = [r for r in summary if r["sampler"] == "dpm"]
@@ -236,6 +237,13 @@ def regime(summary: list[dict], noise: float | None, factor: float = 5.0) -> dic
         verdict["ddim"] = {"reference_steps": ddim[-1]["steps"], "fewest_within_noise": within,
                            "gaps": {r["steps"]: r["fd_mean"] - target for r in ddim}, "holds": within >= 50}
     return verdict
+
+
+def analysis(rows: list[dict]) -> dict:
+    """What the rows say: the per-configuration ``summary``, the ``seed_noise`` and the ``regime`` verdict."""
+    summary = _summary(rows)
+    noise = seed_noise(summary)
+    return {"summary": summary, "seed_noise": noise, "regime": regime(summary, noise)}
 
 
 def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_steps: list[int], ddim_spacing: str,
@@ -270,17 +278,16 @@ def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_ste
                 f"({rows[-1]['seconds']} s)")
     if keep_features is not None:
         keep_features["real"] = real
-    summary = _summary(rows)
-    noise = seed_noise(summary)
+    found = analysis(rows)
+    noise = found["seed_noise"]
     between = ([fd_between(last_config_sets[seeds[0]], last_config_sets[seeds[1]])] if len(seeds) > 1 else [])
-    verdict = regime(summary, noise)
     if noise is not None:
         log(f"seed-to-seed noise of one FD (std over {len(seeds)} seeds, pooled): {noise:.3f}; FD between the "
             f"sample sets of seeds {seeds[0]} and {seeds[1]} ({' '.join(map(str, configs[-1]))}): {between[0]:.3f}")
     return {"model": str(model_dir), "count": count, "features": f"whitened PCA-{components} pixels + "
             f"whitened PCA-{components} high-pass, fitted on 20000 real crops (seed {FIT_SEED})",
-            "real_seed": REAL_SEED, "seeds": seeds, "real_floor": floor, "seed_noise": noise,
-            "fd_between_seed_sets": between, "regime": verdict, "summary": summary, "rows": rows,
+            "real_seed": REAL_SEED, "seeds": seeds, "real_floor": floor, "fd_between_seed_sets": between,
+            **found, "rows": rows,
             "seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
 
 
@@ -295,10 +302,7 @@ def merge(parts: list[dict]) -> dict:
     if len(set(seeds)) != len(seeds):
         raise SystemExit(f"--merge: the runs share noise seeds ({seeds})")
     rows = [row for part in parts for row in part["rows"]]
-    summary = _summary(rows)
-    noise = seed_noise(summary)
-    return {**first, "seeds": seeds, "rows": rows, "summary": summary, "seed_noise": noise,
-            "regime": regime(summary, noise), "seconds": sum(part["seconds"] for part in parts),
+    return {**first, "seeds": seeds, "rows": rows, **analysis(rows), "seconds": sum(part["seconds"] for part in parts),
             "merged_from": [part.get("command") for part in parts]}
 
 
