@@ -86,7 +86,6 @@ class QualityProblem:
     """A registry problem (``benchmarks.problems``) with its real reference, noise by seed.
 
     Attributes:
-        name: ``digits`` or ``patches``.
         problem: the ``benchmarks.problems.Problem`` (float32 network, CPU).
         count: samples per set.
         features: the fixed feature map.
@@ -96,7 +95,6 @@ class QualityProblem:
         facts: what was measured against what, for the JSON.
     """
 
-    name: str
     problem: Any
     count: int
     features: PatchFeatures
@@ -137,26 +135,25 @@ def digits_problem(count: int, cfg_scale: float, components: int, floor_repeats:
              "features": f"benchmarks.quality.PatchFeatures: whitened PCA-{components} pixels + whitened "
                          f"PCA-{components} 3x3 high-pass, fitted on all {len(real_labels)} real digits",
              "real_reference": f"all {len(real_labels)} real digits"}
-    return QualityProblem("digits", load_problem("digits", args), count, features, real,
+    return QualityProblem(load_problem("digits", args), count, features, real,
                           real_floors(real, real_labels.numpy(), count, floor_repeats), facts)
 
 
 def patches_problem(count: int, components: int, floor_repeats: int, features_cache: Path | None) -> QualityProblem:
     """``count`` unconditional samples of ``models/patches`` against ``count`` real crops (``benchmarks.quality``)."""
     from benchmarks.problems import load_problem
-    from benchmarks.quality import FIT_SEED, REAL_SEED, noise_floor
+    from benchmarks.quality import REAL_SEED, describe_features, noise_floor
     from training.train_patches import real_crops
 
     features = PatchFeatures.cached(features_cache, components)
     floor = noise_floor(features, count, floor_repeats)
     args = argparse.Namespace(device="cpu", dtype="float32", samples=count, cfg_scale=1.0, dit_path=None)
     facts = {"model": "models/patches",
-             "features": f"benchmarks.quality.PatchFeatures: whitened PCA-{components} pixels + whitened "
-                         f"PCA-{components} 3x3 high-pass, fitted on 20000 real crops (seed {FIT_SEED})",
+             "features": f"benchmarks.quality.PatchFeatures: {describe_features(components)}",
              "real_reference": f"{count} real crops (seed {REAL_SEED})"}
-    return QualityProblem("patches", load_problem("patches", args), count, features,
-                          features(real_crops(count, REAL_SEED)),
-                          {"count": count, "repeats": floor_repeats, "pairs": _spread(floor["values"])}, facts)
+    pairs = {key: floor[key] for key in ("mean", "std", "values")}
+    return QualityProblem(load_problem("patches", args), count, features, features(real_crops(count, REAL_SEED)),
+                          {"count": count, "repeats": floor_repeats, "pairs": pairs}, facts)
 
 
 def images(latents: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,14 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 FIT_SEED = 1_000_003  # seeds of real crops for the benchmark, far from training's (0)
+FIT_COUNT = 20_000  # real crops the benchmark's feature space is fitted on
 REAL_SEED = 2_000_003
+
+
+def describe_features(components: int) -> str:
+    """The benchmark's feature space (``PatchFeatures.default``), in words, for result files."""
+    return (f"whitened PCA-{components} pixels + whitened PCA-{components} 3x3 high-pass, fitted on {FIT_COUNT} real "
+            f"crops (seed {FIT_SEED})")
 
 
 def high_pass(images: torch.Tensor) -> torch.Tensor:
@@ -84,7 +91,7 @@ class PatchFeatures:
         return cls(*_whitened_pca(pixels, components), *_whitened_pca(detail, components))
 
     @classmethod
-    def default(cls, components: int = 16, fit_count: int = 20000, fit_seed: int = FIT_SEED) -> "PatchFeatures":
+    def default(cls, components: int = 16, fit_count: int = FIT_COUNT, fit_seed: int = FIT_SEED) -> "PatchFeatures":
         """The benchmark's feature space: fitted on ``fit_count`` seeded real crops."""
         from training.train_patches import real_crops
 
@@ -284,8 +291,7 @@ def run(model_dir: Path, dpm_steps: list[int], dpm_spacings: list[str], ddim_ste
     if noise is not None:
         log(f"seed-to-seed noise of one FD (std over {len(seeds)} seeds, pooled): {noise:.3f}; FD between the "
             f"sample sets of seeds {seeds[0]} and {seeds[1]} ({' '.join(map(str, configs[-1]))}): {between[0]:.3f}")
-    return {"model": str(model_dir), "count": count, "features": f"whitened PCA-{components} pixels + "
-            f"whitened PCA-{components} high-pass, fitted on 20000 real crops (seed {FIT_SEED})",
+    return {"model": str(model_dir), "count": count, "features": describe_features(components),
             "real_seed": REAL_SEED, "seeds": seeds, "real_floor": floor, "fd_between_seed_sets": between,
             **found, "rows": rows,
             "seconds": round(time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads()}
