@@ -13,8 +13,8 @@ tol1 = tol2 = tol):
   paper's equations, K = window), ``ParaTAA inc m2`` (increment form, new steps copied as in the
   paper), ``ParaTAA inc m2 denoised`` (the same with ``init="denoised"``), ``default`` (``solve``
   with only ``window_size``, ``tol1``, ``tol2``: the library's recommended configuration,
-  ``paratAA.RECOMMENDED``), ``default m1`` (the same with ``memory_size=1``: no Anderson acceleration,
-  the secant form kept);
+  ``paratAA.RECOMMENDED``), ``default m2`` (the same with Anderson acceleration, ``memory_size=2``) and
+  ``default m2 f1`` (the recommended method before issue 14: memory 2, ``freeze_factor=1``);
 - ``ParaDiGMS`` (``paratAA.baselines.paradigms``) and ``ParaSolver`` (``paratAA.baselines.parasolver``), sweeping their
   noise-relative ``tolerance``.
 
@@ -366,7 +366,7 @@ def _matched_run(g: dict[str, Any], m: dict[str, Any]) -> tuple[str, dict[str, A
     return key, m["best"].get(key)
 
 
-def use_targets(groups: list[dict[str, Any]], methods: tuple[str, ...] = ("default", "default m1"),
+def use_targets(groups: list[dict[str, Any]], methods: tuple[str, ...] = ("default", "default m2", "default m2 f1"),
                 ratio_a: float = 1.25, bar_a: float = 2.0, ratio_b: float = 0.7, spread_c: float = 2.0,
                 spread_d: float = 3.0) -> list[dict[str, Any]]:
     """Issue 14's targets for batches of samples, per group and method (``True`` met, ``False`` missed,

@@ -15,8 +15,10 @@ definition. The sequential sampler is not a method here: every benchmark runs it
 Names: ``FP`` (order 1, memory 1), ``FP+`` (full order, memory 1), ``ParaTAA paper m2`` / ``m3``
 (the paper's affine equations, full order, new steps copied), ``ParaTAA inc m2`` (increment form),
 ``ParaTAA inc m2 denoised`` (the same, new steps from the denoised estimate), ``default`` (the
-library's recommended method, ``paratAA.RECOMMENDED``), ``default m1`` (the same without Anderson
-memory), ``ParaDiGMS`` and ``ParaSolver`` (the baselines).
+library's recommended method, ``paratAA.RECOMMENDED``), ``default m2`` (the same with Triangular
+Anderson Acceleration, memory 2), ``default m2 f1`` (the recommended method before issue 14's change:
+memory 2, steps final as soon as they meet the tolerance, ``freeze_factor=1``), ``ParaDiGMS`` and
+``ParaSolver`` (the baselines).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ SOLVE_TOLERANCES = (3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
 STRIDE_TOLERANCES = (0.5, 0.2, 0.1, 0.05, 0.02, 1e-2, 3e-3, 1e-3, 1e-4, 1e-5)
 BASELINES = {"paradigms": ("paratAA.baselines.paradigms", "solve_paradigms"),
              "parasolver": ("paratAA.baselines.parasolver", "solve_parasolver")}
-PAPER_FORM = dict(map_form="affine", init="copy")  # the paper's equations and initialisation
+PAPER_FORM = dict(map_form="affine", init="copy", freeze_factor=1.0)  # the paper's equations, initialisation, freezing
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ParaTAA inc m2", options=dict(order=FULL_ORDER, memory_size=2, map_form="increment", init="copy")),
     Method("ParaTAA inc m2 denoised", options=dict(order=FULL_ORDER, memory_size=2, map_form="increment", init="denoised")),
     Method("default", out_of_box=True),
-    Method("default m1", options=dict(memory_size=1), out_of_box=True),
+    Method("default m2", options=dict(memory_size=2), out_of_box=True),
+    Method("default m2 f1", options=dict(memory_size=2, freeze_factor=1.0), out_of_box=True),
     _baseline("ParaDiGMS", "paradigms"),
     _baseline("ParaSolver", "parasolver"),
 )}

@@ -11,26 +11,34 @@ This module is also the one home of the option vocabularies (map forms, initiali
 and is importable without torch: the entry scripts read it before anything heavy loads.
 
 ``RECOMMENDED`` is what ``paratAA.solve`` runs with nothing given, chosen from the matched-accuracy
-benchmarks (``benchmarks/RESULTS.md``, "Matched accuracy"): on the trained digits DiT and the
-Gaussian mixture it needs the fewest iterations to reach a given distance from the sequential
-sample on every row measured, deterministic and stochastic, window T and T/4:
+benchmarks (``benchmarks/RESULTS.md``, "Matched accuracy" and section 14, batches of 16):
 
 - the order-K equations in secant form with K = the window (``map_form="secant"``: the increment
   form's guess of each step's Jacobian, 1, refined by the network's secant slope),
-- Triangular Anderson Acceleration with ``memory_size=2``,
+- no Anderson memory (``memory_size`` left out: 1) for a float32 or float64 network: with the secant
+  form, whose map changes every iteration (its slopes are re-estimated), Triangular Anderson
+  Acceleration's history mixes those changes into its differences; at B = 16 it set the batch's count
+  through a few slow samples (the Gaussian mixture: 18 against 12 iterations to 1e-3) and was never
+  ahead by more than one iteration. For a float16 or bfloat16 ``network_dtype`` memory 2
+  (``HALF_PRECISION_MEMORY``): there residuals stall at the floor and TAA's least squares over the
+  noisy iterates wins (digits DDIM-50, bfloat16, B = 16: 17 against 27 iterations). ``PAPER`` keeps 2,
+- steps become final only within a tenth of the tolerance (``freeze_factor=0.1``), while the sample
+  stops as soon as its whole window is within the tolerance: about the same iterations at window T
+  and a result 8-11 times closer to the sequential sample (one or two more iterations with a sliding
+  window, for a result about 7 times closer),
 - steps entering the window initialised with the predicted sample held fixed (``init="denoised"``),
 - the window is the whole trajectory (``window_size`` = T),
-- ``tol1 = tol2 = 1e-4`` (the fields read None: "the default rule"): this method moves its frontier in
-  large blocks, and the final difference from the sequential sample is about the residuals accepted
-  along the way added up, typically 2-3 times the tolerance and up to about 12 times on the
-  benchmark rows; 1e-4 lands within about 1e-3 of it (largest entry) on the benchmark problems;
+- ``tol1 = tol2 = 1e-4`` (the fields read None: "the default rule"): the final difference from the
+  sequential sample is about the residuals of the steps when they became final, carried down and
+  added up; 1e-4 lands within a few 1e-4 of it (largest entry) on the benchmark problems;
 - in half precision (``network_dtype`` float16 or bfloat16, which ``sample(pipe)`` and the scripts
   set) the default tolerances are raised to the network's measured residual floor
   (``precision_floor``, ``paratAA.precision``): below it no residual can settle.
 
 ``PAPER`` is the reference scripts' method (Tang et al. 2024): the paper's affine order-K
-equations, memory 2, new steps copied from the lowest latent, tolerances 1e-3, window 100 (capped
-at T); the scripts' orders (DiT 100, SD 20) are theirs (``--paper`` in the entry scripts).
+equations, memory 2, new steps copied from the lowest latent, tolerances 1e-3, steps final as soon as
+they meet them (``freeze_factor=1``), window 100 (capped at T); the scripts' orders (DiT 100, SD 20)
+are theirs (``--paper`` in the entry scripts).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ MAP_FORMS = ("affine", "increment", "secant")  # the forms of the order-K equati
 INIT_RULES = ("copy", "denoised")  # how steps joining a window start (paratAA.batch.SampleStrategy)
 PAPER_WINDOW = 100  # the reference scripts' --window_size
 DEFAULT_TOLERANCE = 1e-4  # tol1 and tol2 left out (module docstring)
+HALF_PRECISION_MEMORY = 2  # memory_size left out with a float16 / bfloat16 network (module docstring)
 NETWORK_DTYPES = ("float64", "float32", "float16", "bfloat16")  # network_dtype's names
 
 
@@ -72,8 +81,9 @@ class SolverOptions:
         "when none is predicted to beat it (paratAA.planner: measures the network's cost once per process)"))
     order: int | str = field(default=FULL_ORDER, metadata=_help(
         "K of the order-K equations, 1 <= order <= window_size (default: the window size)"))
-    memory_size: int = field(default=2, metadata=_help(
-        "iterates kept per step for Triangular Anderson Acceleration; 1 turns it off (plain fixed-point iteration)"))
+    memory_size: int | None = field(default=None, metadata=_help(
+        "iterates kept per step for Triangular Anderson Acceleration; 1 turns it off (plain fixed-point iteration; "
+        "default: 1, and 2 for a float16 or bfloat16 network_dtype)"))
     map_form: str = field(default="secant", metadata=_help(
         "form of the order-K equations: 'affine' (the paper's), 'increment' (a telescoping sum of step "
         "increments) or 'secant' (each step's Jacobian guessed from its last two iterates); same solution"))
@@ -85,6 +95,10 @@ class SolverOptions:
         "the network's residual floor in half precision)"))
     tol2: float | None = field(default=None, metadata=_help(
         "... or <= tol2 * the step's eta=1 noise std (default: 1e-4, like tol1)"))
+    freeze_factor: float = field(default=0.1, metadata=_help(
+        "a step becomes final (no longer updated) only once its residual is within freeze_factor x the "
+        "tolerance, in (0, 1]; the sample stops as soon as every step of its window is within the tolerance "
+        "(1: the paper's rule, steps final as soon as they meet it)"))
     anderson_lambda: float = field(default=1e-3, metadata=_help(
         "regularisation lambda of the Anderson least squares, > 0"))
     reanchor: bool = field(default=False, metadata=_help(
@@ -144,11 +158,17 @@ class SolverOptions:
         _checked("order", require_int, flag, order)
         if not auto and order > window:
             raise OptionError("order", f"{flag('order')} ({order}) must not exceed {flag('window_size')} ({window})")
-        _checked("memory_size", require_int, flag, self.memory_size)
+        network_dtype = _network_dtype(flag, self.network_dtype)
+        memory_size = (HALF_PRECISION_MEMORY if network_dtype in ("float16", "bfloat16") else 1) \
+            if self.memory_size is None else self.memory_size
+        _checked("memory_size", require_int, flag, memory_size)
         tolerances = {name: DEFAULT_TOLERANCE if getattr(self, name) is None else getattr(self, name)
                       for name in ("tol1", "tol2")}
         for name, value in tolerances.items():
             _checked(name, require_real, flag, value)
+        _checked("freeze_factor", require_real, flag, self.freeze_factor, strict=True)
+        if self.freeze_factor > 1:
+            raise OptionError("freeze_factor", f"{flag('freeze_factor')} must be in (0, 1], got {self.freeze_factor!r}")
         _checked("anderson_lambda", require_real, flag, self.anderson_lambda, strict=True)
         _checked("reanchor", require_bool, flag, self.reanchor)
         for name, choices in (("map_form", MAP_FORMS), ("init", INIT_RULES)):
@@ -156,7 +176,6 @@ class SolverOptions:
                 raise OptionError(name, f"{flag(name)} must be one of {choices}, got {getattr(self, name)!r}")
         if self.max_iters is not None:
             _checked("max_iters", require_int, flag, self.max_iters)
-        network_dtype = _network_dtype(flag, self.network_dtype)
         floor = self.precision_floor
         if floor is None:
             floor = self.tol1 is None and self.tol2 is None
@@ -166,8 +185,9 @@ class SolverOptions:
         # With "auto", the order stays as given (the planner caps it at the window it picks).
         return replace(self, window_size=AUTO_WINDOW if auto else int(min(window, num_steps)),
                        order=self.order if auto and self.order == FULL_ORDER else int(min(order, num_steps)),
-                       memory_size=int(self.memory_size), tol1=float(tolerances["tol1"]),
-                       tol2=float(tolerances["tol2"]), anderson_lambda=float(self.anderson_lambda),
+                       memory_size=int(memory_size), tol1=float(tolerances["tol1"]),
+                       tol2=float(tolerances["tol2"]), freeze_factor=float(self.freeze_factor),
+                       anderson_lambda=float(self.anderson_lambda),
                        reanchor=bool(self.reanchor), network_dtype=network_dtype, precision_floor=bool(floor))
 
 
@@ -212,5 +232,6 @@ def _network_dtype(flag: Callable[[str], str], dtype: object) -> str | None:
 
 
 RECOMMENDED = SolverOptions()
-PAPER = SolverOptions(window_size=PAPER_WINDOW, map_form="affine", init="copy", tol1=1e-3, tol2=1e-3)
+PAPER = SolverOptions(window_size=PAPER_WINDOW, memory_size=2, map_form="affine", init="copy", tol1=1e-3,
+                      tol2=1e-3, freeze_factor=1.0)
 # RECOMMENDED's tolerances read as None ("the default rule": 1e-4, raised to a half-precision network's floor).

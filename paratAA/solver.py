@@ -6,12 +6,16 @@ Each iteration
 
 1. evaluates the network once per window step, for every unfinished sample, in one batched call
    of ``eps_fn`` (the only place the network is called);
-2. tests every window step on its first-order residual ``r_i = F_i(X) - x[i]`` (converged when
-   ``rms(r_i) <= tol1`` or ``rms(r_i) <= tol2 * sigma_i``) and finds the highest unconverged step i*;
+2. tests every window step on its first-order residual ``r_i = F_i(X) - x[i]`` against the
+   tolerance ``tau_i = max(tol1, tol2 * sigma_i)``: when ``rms(r_i) <= tau_i`` on every window step
+   the sample is done (after this update); otherwise i* is the highest step not yet within the
+   stricter freezing bound ``freeze_factor * tau_i`` (a step accepted at ``tau_i`` would carry its
+   residual, amplified, into x[0]; one more update of it costs no extra iteration while lower steps
+   still converge);
 3. updates the window with the order-K residual ``R_i = F^K_i(X) - x[i]``: the plain update
    ``x_i + R_i`` at and above i* (the safeguard: x[i*] is then final), Triangular Anderson
    Acceleration below it (``memory_size >= 2``);
-4. moves the frontier to i* (or to the window bottom when every step converged) and lets new steps
+4. moves the frontier to i* (or to the window bottom when the sample is done) and lets new steps
    into the window, initialised as a copy of the lowest initialised latent.
 
 FP is ``order=1, memory_size=1``; FP+ is ``order>1, memory_size=1``; ParaTAA is
@@ -63,12 +67,15 @@ class _SampleSolver(SampleStrategy):
         g = self.step_offsets(out)
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
-        within_tolerance = (rho <= cfg.tol1) | (rho <= cfg.tol2 * s.sigma[lo:hi])
-        converged = within_tolerance
-        if self.floor is not None and cfg.precision_floor:
-            converged = converged | (rho <= self.floor[lo:hi])
-        unconverged = torch.nonzero(~converged).flatten()
-        highest_unconverged = int(unconverged.max()) if unconverged.numel() else None
+        tolerance = torch.clamp(cfg.tol2 * s.sigma[lo:hi], min=cfg.tol1)
+        within_floor = (rho <= self.floor[lo:hi] if self.floor is not None and cfg.precision_floor
+                        else torch.zeros_like(rho, dtype=torch.bool))
+        if bool(((rho <= tolerance) | within_floor).all()):  # the sample is done: every step final
+            within_tolerance, highest_unconverged = rho <= tolerance, None
+        else:  # only steps within the stricter freezing bound become final (module docstring, step 2)
+            within_tolerance = rho <= cfg.freeze_factor * tolerance
+            unconverged = torch.nonzero(~(within_tolerance | within_floor)).flatten()
+            highest_unconverged = int(unconverged.max())
 
         self.remember_denoised(out)
         order = min(cfg.order, hi - lo)
@@ -88,7 +95,7 @@ class _SampleSolver(SampleStrategy):
         first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
                      by_safeguard=int(highest_unconverged is not None),
-                     by_floor=int((converged & ~within_tolerance)[first_final:].sum()))
+                     by_floor=int((within_floor & ~within_tolerance)[first_final:].sum()))
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -141,11 +141,11 @@ def test_accuracy_half_precision_batch_rows(tmp_path, capsys):
 
     out = tmp_path / "half.json"
     report = accuracy.main(["--problems", "tiny-dit", "--cfg_scales", "3", "--scenarios", "ddim-25", "--windows", "T",
-                            "--samples", "2", "--dtype", "bfloat16", "--methods", "default,default m1,ParaDiGMS",
+                            "--samples", "2", "--dtype", "bfloat16", "--methods", "default,default m2,ParaDiGMS",
                             "--out", str(out)])
     [group] = json.loads(out.read_text())["groups"]
     assert group["dtype"] == "bfloat16" and group["bar"] > 0 and len(group["per_sample_bar"]) == 2
-    assert set(group["methods"]) == {"default", "default m1", "ParaDiGMS"}
+    assert set(group["methods"]) == {"default", "default m2", "ParaDiGMS"}
     for name, method in group["methods"].items():
         assert {"bar x1", "bar x1.5", "bar x2", "0.001"} <= set(method["best"])
         for run in method["runs"]:
@@ -160,7 +160,7 @@ def test_accuracy_half_precision_batch_rows(tmp_path, capsys):
     box = group["methods"]["default"]["out_of_box"]
     assert box["tol"] is None and box["stop_reasons"] and set(box["stop_reasons"]) <= {"tolerance", "floor", "safeguard"}
     assert not any(r["tol"] is None for r in group["methods"]["default"]["runs"])
-    assert [t["method"] for t in report["targets"]] == ["default", "default m1"]
+    assert [t["method"] for t in report["targets"]] == ["default", "default m2"]
     assert all("a_distance" in t for t in report["targets"])  # no float32 row in the run: (a)'s ratio is absent
     assert "| tiny-dit cfg 3 | ddim-25 | 25 | 2 | bfloat16 |" in capsys.readouterr().out
 

@@ -33,20 +33,26 @@ def problem():
 
 def test_presets_are_instances_with_the_documented_values():
     assert isinstance(RECOMMENDED, SolverOptions) and RECOMMENDED == SolverOptions()
-    assert (RECOMMENDED.map_form, RECOMMENDED.init, RECOMMENDED.memory_size) == ("secant", "denoised", 2)
+    assert (RECOMMENDED.map_form, RECOMMENDED.init, RECOMMENDED.memory_size, RECOMMENDED.freeze_factor) == (
+        "secant", "denoised", None, 0.1)
+    assert RECOMMENDED.resolved(T).memory_size == 1  # the default rule: no Anderson memory ...
+    for dtype in ("float16", "bfloat16"):  # ... but memory 2 for a half-precision network
+        assert RECOMMENDED.replace(network_dtype=dtype).resolved(T).memory_size == 2
+    assert RECOMMENDED.replace(network_dtype="bfloat16", memory_size=1).resolved(T).memory_size == 1
     resolved = RECOMMENDED.resolved(T)
     assert (resolved.tol1, resolved.tol2, resolved.precision_floor) == (1e-4, 1e-4, True)  # the default rule
     assert RECOMMENDED.replace(tol1=1e-5).resolved(T).precision_floor is False  # an explicit tolerance wins
     assert PAPER.resolved(T).precision_floor is False
-    assert (PAPER.map_form, PAPER.init, PAPER.window_size, PAPER.tol1, PAPER.tol2) == ("affine", "copy", 100, 1e-3, 1e-3)
+    assert (PAPER.map_form, PAPER.init, PAPER.window_size, PAPER.memory_size, PAPER.tol1, PAPER.tol2,
+            PAPER.freeze_factor) == ("affine", "copy", 100, 2, 1e-3, 1e-3, 1.0)
     assert "map_form='affine'" in repr(PAPER)  # the repr is what config.json records
 
 
 def test_keywords_win_over_the_options_object_and_none_keeps_it(problem):
     eps_fn, schedule, noise = problem
     by_object = solve(eps_fn, schedule, noise, PAPER.replace(window_size=4, order=2, tol1=1e-7, tol2=1e-7))
-    by_keywords = solve(eps_fn, schedule, noise, window_size=4, order=2, map_form="affine", init="copy",
-                        tol1=1e-7, tol2=1e-7)
+    by_keywords = solve(eps_fn, schedule, noise, window_size=4, order=2, memory_size=2, map_form="affine", init="copy",
+                        freeze_factor=1.0, tol1=1e-7, tol2=1e-7)
     mixed = solve(eps_fn, schedule, noise, PAPER, window_size=4, order=2, tol1=1e-7, tol2=1e-7, init=None)
     assert by_object.iterations == by_keywords.iterations == mixed.iterations
     assert torch.equal(by_object.trajectory, by_keywords.trajectory)
@@ -65,7 +71,8 @@ def test_resolved_caps_the_window_and_makes_the_order_a_number():
     (dict(window_size=0), "window_size"), (dict(order=7, window_size=6), "order"), (dict(memory_size=0), "memory_size"),
     (dict(tol1=-1.0), "tol1"), (dict(tol2=float("nan")), "tol2"), (dict(anderson_lambda=0.0), "anderson_lambda"),
     (dict(map_form="newton"), "map_form"), (dict(init="zeros"), "init"), (dict(reanchor="no"), "reanchor"),
-    (dict(max_iters=0), "max_iters"),
+    (dict(max_iters=0), "max_iters"), (dict(freeze_factor=0.0), "freeze_factor"), (dict(freeze_factor=1.5), "freeze_factor"),
+    (dict(freeze_factor="0.1"), "freeze_factor"),
 ])
 def test_a_bad_option_names_itself(change, name):
     with pytest.raises(OptionError, match=name) as error:

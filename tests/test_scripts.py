@@ -231,10 +231,10 @@ def test_drawn_class_labels_do_not_depend_on_the_sample_count() -> None:
 
 
 @pytest.mark.parametrize("paper, expected", [
-    (False, dict(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised", tol1=1e-4, tol2=1e-4,
-                 precision_floor=True)),
+    (False, dict(window_size=T, order=T, memory_size=1, map_form="secant", init="denoised", tol1=1e-4, tol2=1e-4,
+                 freeze_factor=0.1, precision_floor=True)),
     (True, dict(window_size=T, order=T, memory_size=2, map_form="affine", init="copy", tol1=1e-3, tol2=1e-3,
-                precision_floor=False)),
+                freeze_factor=1.0, precision_floor=False)),
 ])
 def test_recommended_method_by_default_and_the_reference_scripts_with_paper(paper, expected, tmp_path, capsys,
                                                                             single_thread) -> None:

@@ -127,8 +127,8 @@ def test_defaults_are_the_recommended_method_and_exact():
     eps_fn = mixture_eps(schedule)
     noise = sample_noise(3, 2, T, LATENT)
     default = solve(eps_fn, schedule, noise, **TIGHT)
-    spelled_out = paratAA.SolverOptions(window_size=T, order=T, memory_size=2, map_form="secant", init="denoised",
-                                        anderson_lambda=1e-3, reanchor=False, **TIGHT)
+    spelled_out = paratAA.SolverOptions(window_size=T, order=T, memory_size=1, map_form="secant", init="denoised",
+                                        freeze_factor=0.1, anderson_lambda=1e-3, reanchor=False, **TIGHT)
     explicit = solve(eps_fn, schedule, noise, spelled_out)
     assert torch.equal(default.trajectory, explicit.trajectory) and default.iterations == explicit.iterations
     assert default.records[0].windows == [(0, T)] * 2  # window_size defaults to T

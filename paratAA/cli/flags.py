@@ -101,7 +101,8 @@ window_size_value.__name__ = "window size"  # argparse names the type in its err
 _FLAG_KINDS: dict[str, dict[str, Any]] = {  # argparse settings per option, beyond the defaults by annotation
     "window_size": {"type": window_size_value}, "order": {"type": int}, "memory_size": {"type": int},
     "map_form": {"choices": MAP_FORMS}, "init": {"choices": INIT_RULES},
-    "tol1": {"type": float}, "tol2": {"type": float}, "anderson_lambda": {"type": float},
+    "tol1": {"type": float}, "tol2": {"type": float}, "freeze_factor": {"type": float},
+    "anderson_lambda": {"type": float},
     "reanchor": {"action": "store_const", "const": True},
 }
 
@@ -112,9 +113,10 @@ def add_solver_args(group: Any, defaults: ReferenceDefaults) -> None:
     group.add_argument("--paper", action="store_true",
                        help="reproduce the reference scripts' method and defaults: the paper's affine "
                             f"equations, --window_size {PAPER.window_size}, --order min({defaults.order}, "
-                            "--window_size), --memory_size 2, new steps copied (--init copy), tolerances 1e-3; "
-                            "flags given explicitly still win. Without it the recommended method runs (secant "
-                            "form, window T, full order, --init denoised: fewest iterations at equal accuracy, "
+                            "--window_size), --memory_size 2, new steps copied (--init copy), tolerances 1e-3, "
+                            "--freeze_factor 1; flags given explicitly still win. Without it the recommended method "
+                            "runs (secant form, window T, full order, memory 1, --init denoised, --freeze_factor 0.1: "
+                            "fewest iterations at equal accuracy, "
                             "see benchmarks/RESULTS.md)")
     notes = _script_notes(defaults)
     for option in fields(SolverOptions):
@@ -200,8 +202,8 @@ def fit_method_defaults(args: argparse.Namespace, defaults: ReferenceDefaults) -
     """Fill in the method flags left out: the recommended method, or the reference scripts' with ``--paper``.
 
     Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, secant form,
-    memory 2, ``--init denoised``, tolerances 1e-4. ``--paper``: window 100, order min(script's
-    order, window), affine form, memory 2, ``--init copy``, tolerances 1e-3.
+    memory 1, ``--init denoised``, tolerances 1e-4, freeze factor 0.1. ``--paper``: window 100, order
+    min(script's order, window), affine form, memory 2, ``--init copy``, tolerances 1e-3, freeze factor 1.
     """
     method = PAPER if args.paper else RECOMMENDED
     fit_default(args, "window_size", PAPER.window_size if args.paper else args.timesteps)
@@ -238,12 +240,13 @@ def validate_common(args: argparse.Namespace, defaults: ReferenceDefaults) -> to
     _require(args.max_steps is None or args.max_steps >= 2,
              f"--max_steps counts saved images including the initial one, so it must be >= 2 (got {args.max_steps})")
     fit_method_defaults(args, defaults)
+    args.dtype = resolve_dtype(args.dtype, args.fp16)
     with user_errors(ValueError):
-        solver_options(args).resolved(args.timesteps, flag=lambda name: f"--{name}")
+        in_force = solver_options(args).resolved(args.timesteps, flag=lambda name: f"--{name}")
+    args.memory_size = in_force.memory_size  # left out: the default rule for --dtype (paratAA.options)
     _require(bool(args.model_path.strip()), "--model_path must not be empty")
     check_seed(args.seed, args.num_samples)
     args.output_path = check_output_path(args.output_path)
-    args.dtype = resolve_dtype(args.dtype, args.fp16)
     device = resolve_device(args.device)
     check_dtype(args.dtype, device)
     return device
