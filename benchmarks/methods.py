@@ -32,9 +32,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from paratAA.options import FULL_ORDER
+from paratAA.options import FULL_ORDER, HALF_PRECISION
 
-HALF = ("float16", "bfloat16")
+HALF = HALF_PRECISION  # the dtypes whose runs are measured against the float32 sequential sample
 PSNR_CAP_DB = 100.0
 # Sweeps, loose to tight: tol1 = tol2 for paratAA.solve; the noise-relative tolerance of ParaDiGMS and
 # ParaSolver (their bounds are tolerance^2 * sigma^2 on a mean squared change).

@@ -164,6 +164,11 @@ def _order_k_by_recurrence(x_above: torch.Tensor, a: torch.Tensor, g: torch.Tens
     return chain[:n] + _bcast(products, g) * (x_above[u - 1] - chain[u])
 
 
+def step_tolerance(sigma: torch.Tensor, tol1: float, tol2: float) -> torch.Tensor:
+    """The stop test's tolerance per step, ``tau_i = max(tol1, tol2 * sigma_i)`` (``paratAA.solver``, step 2)."""
+    return torch.clamp(tol2 * sigma, min=tol1)
+
+
 def rms(r: torch.Tensor) -> torch.Tensor:
     """Root mean square over all but the first dimension: ``(n, *latent) -> (n,)``."""
     return torch.linalg.vector_norm(r.flatten(1), dim=1) / r[0].numel() ** 0.5

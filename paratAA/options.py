@@ -49,7 +49,8 @@ from typing import Any, Callable
 from paratAA.arguments import is_bool, require_bool, require_int, require_real
 from paratAA.errors import OptionError
 
-__all__ = ["AUTO_WINDOW", "DEFAULT_TOLERANCE", "FULL_ORDER", "INIT_RULES", "MAP_FORMS", "NETWORK_DTYPES",
+__all__ = ["AUTO_WINDOW", "DEFAULT_TOLERANCE", "FULL_ORDER", "HALF_PRECISION", "HALF_PRECISION_MEMORY", "INIT_RULES",
+           "MAP_FORMS", "NETWORK_DTYPES",
            "OptionError", "PAPER", "PAPER_WINDOW", "RECOMMENDED", "SolverOptions", "merged_options",
            "option_names"]
 
@@ -61,6 +62,7 @@ PAPER_WINDOW = 100  # the reference scripts' --window_size
 DEFAULT_TOLERANCE = 1e-4  # tol1 and tol2 left out (module docstring)
 HALF_PRECISION_MEMORY = 2  # memory_size left out with a float16 / bfloat16 network (module docstring)
 NETWORK_DTYPES = ("float64", "float32", "float16", "bfloat16")  # network_dtype's names
+HALF_PRECISION = ("float16", "bfloat16")  # the half-precision ones: a floor is measured, memory_size's own default
 
 
 def _help(text: str, *, flag: bool = True) -> dict[str, Any]:
@@ -159,8 +161,9 @@ class SolverOptions:
         if not auto and order > window:
             raise OptionError("order", f"{flag('order')} ({order}) must not exceed {flag('window_size')} ({window})")
         network_dtype = _network_dtype(flag, self.network_dtype)
-        memory_size = (HALF_PRECISION_MEMORY if network_dtype in ("float16", "bfloat16") else 1) \
-            if self.memory_size is None else self.memory_size
+        memory_size = self.memory_size
+        if memory_size is None:  # the default rule (module docstring)
+            memory_size = HALF_PRECISION_MEMORY if network_dtype in HALF_PRECISION else 1
         _checked("memory_size", require_int, flag, memory_size)
         tolerances = {name: DEFAULT_TOLERANCE if getattr(self, name) is None else getattr(self, name)
                       for name in ("tol1", "tol2")}

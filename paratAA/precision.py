@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import torch
 
+from paratAA.equations import step_tolerance
+from paratAA.options import HALF_PRECISION  # the dtypes whose floor is measured (float32's is far below any tolerance)
+
 __all__ = ["FLOOR_FACTOR", "HALF_PRECISION", "PROBE_STEPS", "UNIT_ROUNDOFF", "FloorProbe", "floor_warning"]
 
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
-HALF_PRECISION = ("float16", "bfloat16")  # the dtypes whose floor is measured (float32's is far below any tolerance)
 PROBE_STEPS = 8  # probe rows per sample, in the first iteration
 FLOOR_FACTOR = 1.0  # residuals within the measured jitter count as converged (2 let a digits sample drift: RESULTS 10.2)
 _PROBE_SEED = 20240209
@@ -98,7 +100,7 @@ def floor_warning(floors: torch.Tensor, sigma: torch.Tensor, tol1: float, tol2: 
         sigma: float64 ``(T,)`` the steps' noise scales (``tol2``'s unit).
         tol1, tol2, dtype: the tolerances in force and the network's dtype.
     """
-    tolerance = torch.maximum(torch.full_like(sigma, tol1), tol2 * sigma).to(floors.device)
+    tolerance = step_tolerance(sigma, tol1, tol2).to(floors.device)
     below = (tolerance < floors).double().mean()
     if below <= 0.5:
         return None

@@ -32,7 +32,15 @@ import torch
 
 from paratAA.anderson import TriangularAnderson
 from paratAA.batch import BatchSolver, EpsFn, IterationRecord, SampleStrategy, SolveResult
-from paratAA.equations import carried_map, first_order_residual, increment_map, order_k_map, rms, secant_carry
+from paratAA.equations import (
+    carried_map,
+    first_order_residual,
+    increment_map,
+    order_k_map,
+    rms,
+    secant_carry,
+    step_tolerance,
+)
 from paratAA.errors import PrecisionWarning
 from paratAA.memory import check_solve_fits
 from paratAA.options import AUTO_WINDOW, PAPER, RECOMMENDED, SolverOptions, merged_options
@@ -67,14 +75,14 @@ class _SampleSolver(SampleStrategy):
         g = self.step_offsets(out)
 
         rho = rms(first_order_residual(x_window, x_above, a, g))
-        tolerance = torch.clamp(cfg.tol2 * s.sigma[lo:hi], min=cfg.tol1)
+        tolerance = step_tolerance(s.sigma[lo:hi], cfg.tol1, cfg.tol2)
         within_floor = (rho <= self.floor[lo:hi] if self.floor is not None and cfg.precision_floor
                         else torch.zeros_like(rho, dtype=torch.bool))
         if bool(((rho <= tolerance) | within_floor).all()):  # the sample is done: every step final
-            within_tolerance, highest_unconverged = rho <= tolerance, None
+            final_by_tolerance, highest_unconverged = rho <= tolerance, None
         else:  # only steps within the stricter freezing bound become final (module docstring, step 2)
-            within_tolerance = rho <= cfg.freeze_factor * tolerance
-            unconverged = torch.nonzero(~(within_tolerance | within_floor)).flatten()
+            final_by_tolerance = rho <= cfg.freeze_factor * tolerance
+            unconverged = torch.nonzero(~(final_by_tolerance | within_floor)).flatten()
             highest_unconverged = int(unconverged.max())
 
         self.remember_denoised(out)
@@ -95,7 +103,7 @@ class _SampleSolver(SampleStrategy):
         first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
                      by_safeguard=int(highest_unconverged is not None),
-                     by_floor=int((within_floor & ~within_tolerance)[first_final:].sum()))
+                     by_floor=int((within_floor & ~final_by_tolerance)[first_final:].sum()))
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

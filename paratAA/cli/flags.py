@@ -202,7 +202,8 @@ def fit_method_defaults(args: argparse.Namespace, defaults: ReferenceDefaults) -
     """Fill in the method flags left out: the recommended method, or the reference scripts' with ``--paper``.
 
     Recommended (``paratAA.RECOMMENDED``): window ``--timesteps``, order = window, secant form,
-    memory 1, ``--init denoised``, tolerances 1e-4, freeze factor 0.1. ``--paper``: window 100, order
+    memory 1 (2 with a half-precision ``--dtype``: filled in by ``validate_common``), ``--init denoised``,
+    tolerances 1e-4, freeze factor 0.1. ``--paper``: window 100, order
     min(script's order, window), affine form, memory 2, ``--init copy``, tolerances 1e-3, freeze factor 1.
     """
     method = PAPER if args.paper else RECOMMENDED
