@@ -584,6 +584,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="run nothing: print the tables of these JSON files together and plot them to --out's .png")
     args = parser.parse_args(argv)
     if args.report:
+        missing = [str(path) for path in args.report if not path.is_file()]
+        if missing:
+            parser.error(f"--report: no such file: {', '.join(missing)}")
         groups = merge_groups([g for path in args.report for g in json.loads(path.read_text())["groups"]])
         print_report(groups)
         _plot_if_possible(groups, args.out.with_suffix(".png"))

@@ -124,6 +124,14 @@ def test_accuracy_sweep_reports_fewest_iterations_at_each_accuracy(tmp_path, cap
     assert "| gmm | ddim-25 | 25 |" in printed  # the headline row
 
 
+def test_accuracy_report_of_a_missing_file_is_a_usage_error(tmp_path, capsys):
+    from benchmarks import accuracy
+
+    with pytest.raises(SystemExit) as stop:
+        accuracy.main(["--report", str(tmp_path / "absent.json"), "--out", str(tmp_path / "plot.json")])
+    assert stop.value.code == 2 and "--report: no such file" in capsys.readouterr().err
+
+
 def test_fewest_iterations_and_monotone_violations():
     from benchmarks.accuracy import fewest_iterations, monotone_violations
 
