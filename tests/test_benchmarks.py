@@ -253,3 +253,28 @@ def test_one_method_registry_serves_every_benchmark():
         method("magic")
     with pytest.raises(ValueError, match="no solver options"):
         METHODS["ParaDiGMS"].variant("x", order=3)
+
+
+def test_pipeline_dtypes_measures_sample_pipe_against_the_float32_pipeline(tmp_path, capsys):
+    from benchmarks import pipeline_dtypes
+
+    out = tmp_path / "dtypes.json"
+    report = pipeline_dtypes.main(["--kinds", "sdxl", "--dtypes", "float32,bfloat16", "--samples", "2", "--steps", "6",
+                                   "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == json.loads(json.dumps(report["rows"])) and [r["dtype"] for r in rows] == ["float32", "bfloat16"]
+    float32, bfloat16 = rows
+    assert float32["bar"] == 0 and float32["distance_spread"]["max"] < 1e-3  # converged to pipe() in float32
+    assert float32["stop_reasons"] == ["tolerance"] and float32["iterations_over_float32"] == 1
+    assert bfloat16["bar"] > 0 and bfloat16["stop_reasons"] == ["floor"] and bfloat16["converged"]
+    assert bfloat16["distance_over_bar"] == pytest.approx(bfloat16["distance_spread"]["max"] / bfloat16["bar"])
+    assert len(bfloat16["per_sample_iterations"]) == 2 and bfloat16["iterations"] <= 6
+    assert "| tiny-sdxl | bfloat16 | 2 | 6 |" in capsys.readouterr().out
+
+
+def test_pipeline_dtypes_rejects_an_unknown_family(capsys):
+    from benchmarks import pipeline_dtypes
+
+    with pytest.raises(SystemExit):
+        pipeline_dtypes.main(["--kinds", "sdxl,unet3"])
+    assert "--kinds: choose from sdxl, sd3, flux, dit" in capsys.readouterr().err

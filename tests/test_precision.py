@@ -103,8 +103,25 @@ def test_floor_probe_measures_the_output_jump_of_a_rounding_network():
     smooth = probe.floors(10, steps, 2 * x, picked, 2 * perturbed)
     rounded = probe.floors(10, steps, (2 * x).bfloat16().double(), picked, (2 * perturbed).bfloat16().double())
     assert smooth.shape == (10,) and bool((rounded > 0).all())
-    expected = FLOOR_FACTOR * 0.5 * (2 * (perturbed - x[picked])).flatten(1).pow(2).mean(1).sqrt()
-    torch.testing.assert_close(smooth[picked], expected)
+    jitter = 0.5 * (2 * (perturbed - x[picked])).flatten(1).pow(2).mean(1).sqrt()  # |b| rms(jump) per probe
+    local = _interpolate(torch.arange(10.0, dtype=torch.float64), picked.double(), jitter)
+    torch.testing.assert_close(smooth, FLOOR_FACTOR * local.clamp(min=float(local.pow(2).mean().sqrt())))
+
+
+def test_a_low_noise_step_gets_at_least_the_trajectorys_typical_floor():
+    b = torch.tensor([0.01] + [1.0] * 7, dtype=torch.float64)  # step 0: a small |b|, like an Euler sampler's last step
+    probe = FloorProbe("bfloat16", b)
+    x = torch.randn(8, 2, 4, 4, dtype=torch.float64)
+    steps = torch.arange(8)
+    perturbed, picked = probe.rows(x, steps)
+    out, probed = x.bfloat16().double(), perturbed.bfloat16().double()
+    floors = probe.floors(8, steps, out, picked, probed)
+    jitter = b[picked] * (probed - out[picked]).flatten(1).pow(2).mean(1).sqrt()
+    assert jitter[0] < 0.05 * jitter[1:].min()  # its own jump is tiny ...
+    typical = float(jitter.pow(2).mean().sqrt())
+    assert floors[0] == pytest.approx(FLOOR_FACTOR * typical)  # ... its floor is the trajectory's rms
+    assert bool((floors >= FLOOR_FACTOR * typical - 1e-15).all())
+    assert floors.max() == pytest.approx(FLOOR_FACTOR * float(jitter.max()))  # the largest keep their own
     assert _interpolate(torch.tensor([0.0, 1.5, 5.0]), torch.tensor([1.0, 2.0]), torch.tensor([10.0, 20.0])).tolist() \
         == [10.0, 15.0, 20.0]
 
