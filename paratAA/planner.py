@@ -14,18 +14,18 @@ curve (``paratAA.cost``: flat up to a knee on a GPU, about linear on a CPU), so 
    ``SequentialChoiceWarning`` (``warnings.warn``), the same from ``paratAA.solve``,
    ``paratAA.pipelines.sample`` and the scripts.
 
-**Iterations per window** (``expected_iterations``). Fitted to the matched-accuracy benchmarks of
-the default method (``benchmarks/results/accuracy_digits_secant.json``, ``accuracy_digits_dpm.json``,
-``accuracy_gmm_*.json``, tolerance 1e-4, windows T and T/4): with the whole trajectory as the window
-the trained digits DiT needs 7-9 iterations for T = 25-100 (``I(T) = 4 + 1.1 ln T``: 7.5, 8.3,
-9.1), a stochastic sampler (eta = 1) about 1.8 times as many. A window of ``W`` moves the frontier
-at most ``W`` steps per iteration, and each position of the window needs about the same
-convergence latency, pipelined: ``n(W) = T/W - 1 + I(T) (T/W)^0.1`` (capped at T). It gives the
-quarter windows of the benchmarks (measured 11-14 for T = 25-100: predicted 11.9-13.4) and the
-digits DiT's T = 50 windows measured on this machine (W = 50, 25, 12, 6, 2: 9, 10, 14, 20, 36
-iterations; predicted 8.3, 9.9, 12.7, 17.6, 35.5). Rows: the frontier is taken to move linearly from
-T to 0 over the ``n(W)`` iterations, each evaluating ``B x min(W, frontier)`` rows.
-``benchmarks/planner.py`` checks the predictions against measured solves.
+**Iterations per window** (``expected_iterations``). Fitted to the default method's out-of-the-box
+solves (tolerance 1e-4; benchmarks/RESULTS.md section 15.2) on the trained digits DiT, DDIM, guidance
+1 and 3: with the whole trajectory as the window and B = 2 it needs 7-10 iterations for T = 25-100
+(``I(T) = 4 + 1.1 ln T``: 7.5, 8.3, 9.1), a stochastic sampler (eta = 1) about 1.8 times as many. A
+batch waits for its slowest sample: ``I`` grows by the factor ``1 + 0.1 ln(B / 2)`` (B = 16: 10-12
+iterations measured, 9.1-11.0 predicted). A window of ``W`` moves the frontier at most ``W`` steps per
+iteration, and each position of the window needs about the same convergence latency, pipelined:
+``n(W) = T/W - 1 + I(T, B) (T/W)^0.2`` (capped at T). For T = 50 and B = 2 it predicts 8.3, 10.5,
+14.2, 20.0 and 39.8 iterations for W = 50, 25, 12, 6, 2 (measured 8-9, 10-11, 14-15, 21-22, 38-39),
+and 13.2-15.0 for the quarter windows of T = 25-100 (measured 13-16). Rows: the frontier is taken to
+move linearly from T to 0 over the ``n(W)`` iterations, each evaluating ``B x min(W, frontier)``
+rows. ``benchmarks/planner.py`` checks the predictions against measured solves.
 
 **Solver overhead** per iteration: ``SOLVER_SECONDS_PER_SAMPLE`` (the per-sample Python and
 kernel-launch work) plus ``SOLVER_SECONDS_PER_ENTRY`` per latent entry of every row (the float64
@@ -51,8 +51,9 @@ from paratAA.options import AUTO_WINDOW, FULL_ORDER, SolverOptions
 __all__ = ["AUTO_WINDOW", "Plan", "SequentialChoiceWarning", "candidate_windows", "choose", "expected_iterations",
            "plan_window", "predict_seconds", "sequential_result", "solve_auto"]
 
-ITERATION_ALPHA = 0.1  # n(W) = T/W - 1 + I(T) (T/W)^alpha (module docstring)
+ITERATION_ALPHA = 0.2  # n(W) = T/W - 1 + I(T, B) (T/W)^alpha (module docstring)
 STOCHASTIC_FACTOR = 1.8  # eta > 0 samplers need about this many times the iterations
+BATCH_GROWTH = 0.1  # I(T, B) = I(T) (1 + BATCH_GROWTH ln(B / 2)): the batch waits for its slowest sample
 SOLVER_SECONDS_PER_SAMPLE = 1e-3  # per iteration and unfinished sample
 SOLVER_SECONDS_PER_ENTRY = 3e-7  # per iteration, per latent entry of every evaluated row
 SEQUENTIAL_SECONDS_PER_STEP = 1e-4  # the sequential sampler's own work per step (whole batch)
@@ -63,25 +64,25 @@ class SequentialChoiceWarning(UserWarning):
     """``window_size="auto"`` chose the sequential sampler: no window was predicted to beat it."""
 
 
-def full_window_iterations(num_steps: int, stochastic: bool = False) -> float:
-    """Expected iterations of the default method with the whole trajectory as the window."""
-    base = 4.0 + 1.1 * math.log(max(num_steps, 1))
+def full_window_iterations(num_steps: int, stochastic: bool = False, batch: int = 2) -> float:
+    """Expected iterations of the default method with the whole trajectory as the window, ``I(T, B)``."""
+    base = (4.0 + 1.1 * math.log(max(num_steps, 1))) * (1.0 + BATCH_GROWTH * math.log(max(batch, 2) / 2))
     return min(float(num_steps), base * (STOCHASTIC_FACTOR if stochastic else 1.0))
 
 
-def expected_iterations(num_steps: int, window: int, stochastic: bool = False) -> float:
-    """Expected parallel iterations of a window of ``window`` steps (module docstring)."""
+def expected_iterations(num_steps: int, window: int, stochastic: bool = False, batch: int = 2) -> float:
+    """Expected parallel iterations of a window of ``window`` steps for a batch of ``batch`` (module docstring)."""
     window = max(1, min(window, num_steps))
     if window == 1:
         return float(num_steps)
     ratio = num_steps / window
-    guess = ratio - 1.0 + full_window_iterations(num_steps, stochastic) * ratio ** ITERATION_ALPHA
+    guess = ratio - 1.0 + full_window_iterations(num_steps, stochastic, batch) * ratio ** ITERATION_ALPHA
     return float(min(num_steps, guess))
 
 
 def iteration_rows(num_steps: int, window: int, batch: int, stochastic: bool = False) -> list[int]:
     """The rows of each expected iteration: ``B x min(W, frontier)``, frontier moving linearly from T to 0."""
-    count = max(1, math.ceil(expected_iterations(num_steps, window, stochastic)))
+    count = max(1, math.ceil(expected_iterations(num_steps, window, stochastic, batch)))
     return [batch * max(1, min(window, math.ceil(num_steps * (1 - k / count)))) for k in range(count)]
 
 

@@ -107,6 +107,9 @@ def test_expected_iterations_are_monotone_and_bounded():
     counts = [expected_iterations(50, w) for w in (50, 25, 12, 6, 2, 1)]
     assert counts == sorted(counts) and counts[-1] == 50 and 7 <= counts[0] <= 10
     assert expected_iterations(50, 50, stochastic=True) > counts[0]
+    # a batch waits for its slowest sample: more samples, more iterations (B = 1 and 2 alike)
+    by_batch = [expected_iterations(50, 12, batch=b) for b in (1, 2, 16, 100)]
+    assert by_batch[0] == by_batch[1] == counts[2] and by_batch[1] < by_batch[2] < by_batch[3] <= 50
 
 
 def test_window_size_auto_option_and_flag():
