@@ -137,3 +137,29 @@ def test_the_scripts_take_dtype_on_a_cpu(tmp_path, capsys):
     assert config["resolved"]["dtype"] == "torch.bfloat16"
     assert config["resolved"]["solver_options"]["network_dtype"] == "bfloat16"
     assert SolverOptions(network_dtype="bfloat16").resolved(6).precision_floor
+
+
+@pytest.mark.parametrize("kind", ["sdxl", "sd3"])
+def test_a_pipeline_loaded_with_torch_dtype_float16_solves_at_its_floor(tmp_path, kind):
+    """What a user does: from_pretrained(..., torch_dtype=torch.float16), then sample(pipe)."""
+    from diffusers import DiffusionPipeline
+
+    from paratAA.pipelines.tiny import save_tiny_pipeline
+
+    path = save_tiny_pipeline(kind, tmp_path / kind)
+    steps, batch = 8, 2
+
+    def call(dtype):
+        return dict({k: v.to(dtype) for k, v in tiny_embeddings(kind, batch).items()}, num_inference_steps=steps,
+                    output_type="latent", generator=torch.Generator().manual_seed(0))
+
+    no_t5 = {"text_encoder_3": None, "tokenizer_3": None} if kind == "sd3" else {}  # the tiny SD3 has no T5
+    reference = DiffusionPipeline.from_pretrained(path, **no_t5)(**call(torch.float32)).images.double()
+    pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float16, **no_t5)
+    own = pipe(**call(torch.float16)).images.double()
+    out = sample(pipe, window_size=steps, **call(torch.float16))
+    result = out.result
+    assert result.floors is not None and set(result.stop_reasons) <= {"floor", "tolerance"} and result.converged
+    assert result.iterations < steps  # not the sequential sampler in disguise
+    bar = (own - reference).abs().max()
+    assert 0 < (out.images.double() - reference).abs().max() <= 2 * bar  # as close as float16's own sampler
