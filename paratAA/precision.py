@@ -12,15 +12,18 @@ The floor is measured, not assumed (a formula from the output rounding alone, ``
 underestimates it 5-50x on a trained DiT, because the input rounding passes through the network's
 Jacobian). In the first iteration the solve adds, to the same batched call, a few probe rows per
 sample: window steps evaluated at ``x + u |x| xi`` (``u`` the dtype's unit roundoff, ``xi`` random
-signs from a fixed seed, identical on every process). With ``out'`` the probe's output,
+signs from a fixed seed, identical on every process). With ``out'`` the probe's output, the jump
 
-    jitter_i = |b_i| rms(out'_i - out_i),       floor_i = FLOOR_FACTOR * jitter_i  (FLOOR_FACTOR = 1),
+    J_i = rms(out'_i - out_i)
 
-measured at ``PROBE_STEPS`` steps spread over the window and interpolated linearly in ``i`` for the
-others (constant beyond the probed range), then raised to at least their root mean square over the
-trajectory:
+is measured at ``PROBE_STEPS`` steps spread over the window and interpolated linearly in ``i`` for
+the others (constant beyond the probed range): the jump is smooth in ``i``, while ``|b_i|``, known
+exactly, can change sharply between probed steps (SD3's last step has ``|b| = 0.009``, the one above
+it 0.10; interpolating the product left steps 1-3 at a third of their jitter). Then
 
-    floor_i = FLOOR_FACTOR * max(jitter_i, rms_j jitter_j).
+    jitter_i = |b_i| J_i,       floor_i = FLOOR_FACTOR * max(jitter_i, rms_j jitter_j)   (FLOOR_FACTOR = 1),
+
+each step's jitter raised to at least its root mean square over the trajectory.
 
 The raise is for the low-noise steps, whose small ``|b_i|`` makes their own jitter small: their input
 ``x[i+1]`` is the sum of every update above it, so it keeps moving by the other steps' jitter until
@@ -82,16 +85,22 @@ class FloorProbe:
             picked: ``rows``' positions.
             probed_out: the outputs at the probe rows.
         """
+        jitter = self.jitter(num_steps, steps, out, picked, probed_out)
+        typical = jitter.pow(2).mean().sqrt()  # the trajectory's typical floor (module docstring)
+        return FLOOR_FACTOR * torch.clamp(jitter, min=float(typical)).to(out.device)
+
+    def jitter(self, num_steps: int, steps: torch.Tensor, out: torch.Tensor, picked: torch.Tensor,
+               probed_out: torch.Tensor) -> torch.Tensor:
+        """float64 ``(T,)`` on the CPU: each step's ``|b_i| J_i``, the jump interpolated (module docstring).
+
+        Arguments as for ``floors``.
+        """
         picked = picked.to(out.device)
-        probed_steps = steps[picked]
-        jump = (probed_out - out[picked]).flatten(1).pow(2).mean(1).sqrt()
-        jitter = (self.b.to(out.device)[probed_steps] * jump).cpu()
-        order = torch.argsort(probed_steps.cpu())
-        known_steps, known = probed_steps.cpu()[order].double(), jitter[order]
+        probed_steps = steps[picked].cpu()
+        jump = (probed_out - out[picked]).flatten(1).pow(2).mean(1).sqrt().cpu()
+        order = torch.argsort(probed_steps)
         everywhere = torch.arange(num_steps, dtype=torch.float64)
-        local = _interpolate(everywhere, known_steps, known)
-        typical = local.pow(2).mean().sqrt()  # the trajectory's typical floor (module docstring)
-        return FLOOR_FACTOR * torch.clamp(local, min=float(typical)).to(out.device)
+        return self.b.cpu() * _interpolate(everywhere, probed_steps[order].double(), jump[order])
 
 
 def _interpolate(at: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:

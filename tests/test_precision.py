@@ -108,6 +108,24 @@ def test_floor_probe_measures_the_output_jump_of_a_rounding_network():
     torch.testing.assert_close(smooth, FLOOR_FACTOR * local.clamp(min=float(local.pow(2).mean().sqrt())))
 
 
+def test_the_jump_is_interpolated_and_each_step_keeps_its_own_b():
+    # SD3-like: the last step's |b| is tiny, the one above it large; steps 1-2 are not probed (T = 20).
+    b = torch.tensor([0.01] + [0.1] * 19, dtype=torch.float64)
+    probe = FloorProbe("bfloat16", b)
+    x = torch.randn(20, 2, 4, 4, dtype=torch.float64)
+    steps = torch.arange(20)
+    perturbed, picked = probe.rows(x, steps)
+    assert picked.tolist()[:2] == [0, 3]
+    out, probed = x.bfloat16().double(), perturbed.bfloat16().double()
+    jitter = probe.jitter(20, steps, out, picked, probed)
+    jump = (probed - out[picked]).flatten(1).pow(2).mean(1).sqrt()
+    between = jump[0] + (jump[1] - jump[0]) / 3  # the jump at step 1, linear between steps 0 and 3
+    assert float(jitter[1]) == pytest.approx(0.1 * float(between))  # |b_1| times it, not a third of the way
+    torch.testing.assert_close(jitter[picked], b[picked] * jump)
+    floors = probe.floors(20, steps, out, picked, probed)
+    torch.testing.assert_close(floors, FLOOR_FACTOR * jitter.clamp(min=float(jitter.pow(2).mean().sqrt())))
+
+
 def test_a_low_noise_step_gets_at_least_the_trajectorys_typical_floor():
     b = torch.tensor([0.01] + [1.0] * 7, dtype=torch.float64)  # step 0: a small |b|, like an Euler sampler's last step
     probe = FloorProbe("bfloat16", b)
