@@ -31,8 +31,10 @@ Both are one map with a per-step *carry factor* ``c_p`` (the guess of the step's
 (increment). The ``"secant"`` form (an extension, opt-in) takes ``c_p = a_p + b_p kappa_p`` with
 ``kappa_p`` the network's slope along the step's last change of input,
 ``<d out_p, d x[p+1]> / <d x[p+1], d x[p+1]>`` between consecutive iterations (a scalar secant,
-Newton-like in ParaSolver's spirit), clamped to ``[0.5, 1.5]``; 1 before a step has two iterates.
-The fixed point is the same for every ``c``.
+Newton-like in ParaSolver's spirit), clamped to ``[0.25, 4]`` (``SECANT_CLAMP``: most steps are near
+1, but where a trajectory crosses between modes of the data a step can amplify a change of its input
+by more than 1.5, and a tighter clamp slowed those samples: benchmarks/RESULTS.md, section 15.4); 1
+before a step has two iterates. The fixed point is the same for every ``c``.
 
 All functions are pure tensor maps over window-local arrays: index ``w = i - lo``.
 """
@@ -47,7 +49,7 @@ __all__ = ["MAP_FORMS", "carried_map", "first_order_residual", "increment_map", 
            "step_offset"]
 
 
-SECANT_CLAMP = (0.5, 1.5)  # the secant form's carry factors stay in this range (diffusion steps are near 1)
+SECANT_CLAMP = (0.25, 4.0)  # the secant form's carry factors stay in this range (module docstring)
 # Above this spread of the partial products of ``a`` the prefix-sum form loses precision.
 _MAX_PRODUCT_SPREAD = 1e8
 

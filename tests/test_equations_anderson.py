@@ -152,7 +152,7 @@ def test_reanchoring_removes_the_change_inherited_from_the_plain_step():
 
 
 def test_carried_map_spans_the_affine_and_increment_forms_and_the_secant_slope():
-    from paratAA.equations import carried_map, increment_map, order_k_map, secant_carry
+    from paratAA.equations import SECANT_CLAMP, carried_map, increment_map, order_k_map, secant_carry
 
     gen = torch.Generator().manual_seed(0)
     n = 9
@@ -170,4 +170,5 @@ def test_carried_map_spans_the_affine_and_increment_forms_and_the_secant_slope()
     carry = secant_carry(a, b, dx, 2.0 * dx, known)
     torch.testing.assert_close(carry[:-1], (a + 2.0 * b)[:-1])
     assert carry[-1] == 1.0  # no previous iterate: the increment form's guess
-    assert secant_carry(a, b, dx, -100.0 * dx, known)[:-1].eq(1.5).all()  # clamped
+    assert secant_carry(a, b, dx, -100.0 * dx, known)[:-1].eq(SECANT_CLAMP[1]).all()  # clamped above
+    assert secant_carry(a, b, dx, 100.0 * dx, known)[:-1].eq(SECANT_CLAMP[0]).all()  # and below
