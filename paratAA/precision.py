@@ -17,9 +17,10 @@ signs from a fixed seed, identical on every process). With ``out'`` the probe's 
     J_i = rms(out'_i - out_i)
 
 is measured at ``PROBE_STEPS`` steps spread over the window and interpolated linearly in ``i`` for
-the others (constant beyond the probed range): the jump is smooth in ``i``, while ``|b_i|``, known
-exactly, can change sharply between probed steps (SD3's last step has ``|b| = 0.009``, the one above
-it 0.10; interpolating the product left steps 1-3 at a third of their jitter). Then
+the others (constant beyond the probed range): the jump is smooth in ``i`` (tiny SD3 in float16:
+2.6e-3 at every step measured), while ``|b_i|``, known exactly, can change sharply between probed
+steps (SD3's last step has ``|b| = 0.009``, the one above it 0.10; interpolating the product left
+steps 1-3 at a third of their jitter). Then
 
     jitter_i = |b_i| J_i,       floor_i = FLOOR_FACTOR * max(jitter_i, rms_j jitter_j)   (FLOOR_FACTOR = 1),
 
@@ -29,8 +30,8 @@ The raise is for the low-noise steps, whose small ``|b_i|`` makes their own jitt
 ``x[i+1]`` is the sum of every update above it, so it keeps moving by the other steps' jitter until
 they are final, and their residuals stall near the trajectory's typical floor, not their own (digits
 DDIM-50 in bfloat16: 3.5e-3 at steps 0-4, whose own jitter is 0.4-1.6e-3; tiny SDXL: 1.5e-3 at step 2
-against 2.5e-4). With the local floor alone those steps finished one per iteration, by the
-safeguard (benchmarks/RESULTS.md, section 15). A step then counts as converged when its residual is
+against 2.5e-4; on digits also the middle steps 27-29). With the local floor alone those steps
+finished one per iteration, by the safeguard (benchmarks/RESULTS.md, section 15). A step then counts as converged when its residual is
 within the tolerance *or* within the floor (``SampleStrategy.floor``).
 """
 
