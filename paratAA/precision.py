@@ -31,8 +31,9 @@ The raise is for the low-noise steps, whose small ``|b_i|`` makes their own jitt
 they are final, and their residuals stall near the trajectory's typical floor, not their own (digits
 DDIM-50 in bfloat16: 3.5e-3 at steps 0-4, whose own jitter is 0.4-1.6e-3; tiny SDXL: 1.5e-3 at step 2
 against 2.5e-4; on digits also the middle steps 27-29). With the local floor alone those steps
-finished one per iteration, by the safeguard (benchmarks/RESULTS.md, section 15). A step then counts as converged when its residual is
-within the tolerance *or* within the floor (``SampleStrategy.floor``).
+finished one per iteration, by the safeguard (benchmarks/RESULTS.md, section 15). A step then
+counts as converged when its residual is within the tolerance *or* within the floor
+(``SampleStrategy.floor``).
 """
 
 from __future__ import annotations
