@@ -61,7 +61,7 @@ class FloorProbe:
 
     def __init__(self, dtype: str, b: torch.Tensor):
         self.unit = UNIT_ROUNDOFF[dtype]
-        self.b = b.abs()
+        self.b = b.abs().cpu()  # the floors are computed on the CPU (``jitter``), once per sample
 
     def rows(self, x: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The probe rows of one sample's evaluated rows ``(x, steps)``: ``(perturbed x, their positions)``.
@@ -102,7 +102,7 @@ class FloorProbe:
         jump = (probed_out - out[picked]).flatten(1).pow(2).mean(1).sqrt().cpu()
         order = torch.argsort(probed_steps)
         everywhere = torch.arange(num_steps, dtype=torch.float64)
-        return self.b.cpu() * _interpolate(everywhere, probed_steps[order].double(), jump[order])
+        return self.b * _interpolate(everywhere, probed_steps[order].double(), jump[order])
 
 
 def _interpolate(at: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
