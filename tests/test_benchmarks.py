@@ -150,9 +150,13 @@ def test_accuracy_half_precision_batch_rows(tmp_path, capsys):
     out = tmp_path / "half.json"
     report = accuracy.main(["--problems", "tiny-dit", "--cfg_scales", "3", "--scenarios", "ddim-25", "--windows", "T",
                             "--samples", "2", "--dtype", "bfloat16", "--methods", "default,default m2,ParaDiGMS",
-                            "--out", str(out)])
+                            "--rounding_realizations", "3", "--out", str(out)])
     [group] = json.loads(out.read_text())["groups"]
     assert group["dtype"] == "bfloat16" and group["bar"] > 0 and len(group["per_sample_bar"]) == 2
+    # The bar over rounding: realization 0 is the row's own bar; the perturbed ones round differently.
+    bars = group["rounding_bars"]
+    assert len(bars) == 3 and bars[0] == group["per_sample_bar"] and bars[1] != bars[0] and bars[2] != bars[1]
+    assert group["per_sample_typical_bar"] == [sorted(column)[1] for column in zip(*bars)]
     assert set(group["methods"]) == {"default", "default m2", "ParaDiGMS"}
     for name, method in group["methods"].items():
         assert {"bar x1", "bar x1.5", "bar x2", "0.001"} <= set(method["best"])
@@ -170,6 +174,9 @@ def test_accuracy_half_precision_batch_rows(tmp_path, capsys):
     assert not any(r["tol"] is None for r in group["methods"]["default"]["runs"])
     assert [t["method"] for t in report["targets"]] == ["default", "default m2"]
     assert all("a_distance" in t for t in report["targets"])  # no float32 row in the run: (a)'s ratio is absent
+    box_distances = group["methods"]["default"]["out_of_box"]["per_sample_max_abs_diff"]
+    assert report["targets"][0]["a_worst_over_typical_bar"] == pytest.approx(
+        max(d / t for d, t in zip(box_distances, group["per_sample_typical_bar"])))
     assert "| tiny-dit cfg 3 | ddim-25 | 25 | 2 | bfloat16 |" in capsys.readouterr().out
 
 
@@ -180,6 +187,8 @@ def test_accuracy_dtype_arguments_are_checked(tmp_path):
         accuracy.main(["--problems", "gmm", "--dtype", "float16", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):
         accuracy.main(["--fp16", "--dtype", "bfloat16", "--out", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit):
+        accuracy.main(["--rounding_realizations", "0", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):  # tiny-sdxl samples with its own Euler scheduler only
         accuracy.main(["--problems", "tiny-sdxl", "--scenarios", "ddim-25", "--out", str(tmp_path / "a.json")])
     assert accuracy.supports("tiny-sd3", "flow") and accuracy.supports("gmm", "flow")
