@@ -76,7 +76,7 @@ THRESHOLDS = (1e-2, 1e-3, 1e-4)
 BAR_MULTIPLES = (1.0, 1.5, 2.0)  # half precision: thresholds relative to the half-precision sequential sample's distance
 DTYPES = ("float32", *HALF)
 ROUNDING_REALIZATIONS = 5  # half precision: the bar's rounding realizations (the unperturbed one included)
-ROUNDING_PERTURBATION = 1e-4  # relative change of x[T] that flips roundings but moves float32's sample ~1e-3 at most
+ROUNDING_PERTURBATION = 1e-4  # relative change of x[T]: flips roundings; float32's sample moves <= 6e-3 (digits)
 STOP_BELOW = 3e-5  # a sweep stops once a run is this close to the sequential sample (or takes T iterations)
 # Scenarios: name -> (sampler, T, eta). "ddim" builds a DDIMScheduler (eta may be 1), "ddpm" a DDPMScheduler,
 # "flow" SD3's FlowMatchEulerDiscreteScheduler (shift 3; the gmm problem only: its exact rectified-flow velocity),
