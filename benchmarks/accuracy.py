@@ -67,6 +67,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.arguments import comma_list
 from benchmarks.methods import HALF, METHODS, Method, latent_metrics
 from benchmarks.problems import OWN_SAMPLER_PROBLEMS, PROBLEMS, load_problem
 
@@ -596,15 +597,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.solver_overhead import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--problems", type=lambda s: s.split(","), default=["digits", "gmm"],
+    parser.add_argument("--problems", type=comma_list(), default=["digits", "gmm"],
                         help=f"comma-separated, from {', '.join(PROBLEMS)}")
-    parser.add_argument("--scenarios", type=lambda s: s.split(","), default=None,
+    parser.add_argument("--scenarios", type=comma_list(), default=None,
                         help=f"comma-separated, from {', '.join(SCENARIOS)} (default: {', '.join(FULL_SCENARIOS)})")
-    parser.add_argument("--windows", type=lambda s: s.split(","), default=["T", "T/4"],
+    parser.add_argument("--windows", type=comma_list(), default=["T", "T/4"],
                         help="window sizes: T, T/4 or numbers (default: T,T/4)")
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS),
+    parser.add_argument("--methods", type=comma_list(), default=list(METHODS),
                         help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--cfg_scales", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.0],
+    parser.add_argument("--cfg_scales", type=comma_list(float), default=[1.0, 3.0],
                         help="guidance scales of the digits / DiT / SD problems (default: 1,3)")
     parser.add_argument("--quick", action="store_true",
                         help=f"scenarios {', '.join(QUICK_SCENARIOS)}, window T, guidance 3 only")

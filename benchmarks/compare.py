@@ -51,6 +51,7 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.arguments import comma_list
 from benchmarks.methods import METHODS, Method, latent_metrics, run_outcome
 from benchmarks.problems import PROBLEMS, Problem, load_problem
 
@@ -224,10 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.solver_overhead import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", type=lambda s: s.split(","), default=["gmm", "tiny-dit", "tiny-sd"],
+    parser.add_argument("--problems", type=comma_list(), default=["gmm", "tiny-dit", "tiny-sd"],
                         help=f"comma-separated, from {', '.join(PROBLEMS)}")
     parser.add_argument("--quick", action="store_true", help="the quick suite (< 10 minutes on 2 CPU cores)")
-    parser.add_argument("--windows", type=lambda s: [int(v) for v in s.split(",")], default=[10],
+    parser.add_argument("--windows", type=comma_list(int, minimum=1), default=[10],
                         help="window sizes besides T (full suite)")
     parser.add_argument("--max_window", type=int, default=1000, help="largest window (full suite)")
     parser.add_argument("--max_steps", type=int, default=1000, help="skip scenarios with more steps (full suite)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from diffusers import DDIMScheduler
 
 import paratAA
+from benchmarks.arguments import comma_list
 from benchmarks.methods import METHODS
 from paratAA.analytic import gaussian_mixture_problem
 
@@ -37,7 +38,7 @@ VARIANTS = [  # (label, method from the registry, tol1 = tol2)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 100, 300])
+    parser.add_argument("--seeds", type=comma_list(int, minimum=0), default=[0, 100, 300])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ddim100_target.json")
     args = parser.parse_args()
     scheduler = DDIMScheduler(clip_sample=False, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

@@ -53,6 +53,8 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.arguments import comma_list
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 MATCHED_METHODS = ("default", "ParaDiGMS")  # the methods whose matched-accuracy counts are read
@@ -311,10 +313,6 @@ def format_table(results: list[dict[str, Any]], accuracy: float) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",")]
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, time the models, print the table, write ``gpu_timing.json``."""
     from benchmarks.solver_overhead import machine_info
@@ -324,10 +322,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="cuda (default) or cpu: tiny models, or full-size ones with small --windows "
                              "(a DiT-XL/2 forward of a few rows takes seconds on a CPU)")
     parser.add_argument("--tiny", action="store_true", help="tiny configurations (smoke run; numbers meaningless)")
-    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS), help=",".join(MODELS))
-    parser.add_argument("--windows", type=_ints, default=None,
+    parser.add_argument("--models", type=comma_list(), default=list(MODELS), help=",".join(MODELS))
+    parser.add_argument("--windows", type=comma_list(int, minimum=1), default=None,
                         help="windows to time (default: 1 and every window of the matched-accuracy rows)")
-    parser.add_argument("--steps", type=_ints, default=None,
+    parser.add_argument("--steps", type=comma_list(int, minimum=1), default=None,
                         help="T values of the speed-up rows (default: every T of the matched-accuracy rows)")
     parser.add_argument("--memory", type=int, default=2, help="TAA memory of the solver-overhead run")
     parser.add_argument("--samples", type=int, default=1, help="samples per batch")

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.accuracy import per_sample_distances, spread
+from benchmarks.arguments import comma_list
 
 __all__ = ["KINDS", "DTYPES", "main", "measure_kind"]
 
@@ -110,23 +111,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _names(allowed: tuple[str, ...], flag: str):
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(v for v in text.split(",") if v)
-        unknown = [v for v in names if v not in allowed]
-        if not names or unknown:
-            raise argparse.ArgumentTypeError(f"{flag}: choose from {', '.join(allowed)}, got {text!r}")
-        return names
-    return parse
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, measure every family, print the table, write JSON."""
     from benchmarks.solver_overhead import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kinds", type=_names(KINDS, "--kinds"), default=KINDS, help="tiny pipeline families")
-    parser.add_argument("--dtypes", type=_names(DTYPES, "--dtypes"), default=DTYPES, help="dtypes to measure")
+    parser.add_argument("--kinds", type=comma_list(choices=KINDS), default=KINDS, help="tiny pipeline families")
+    parser.add_argument("--dtypes", type=comma_list(choices=DTYPES), default=DTYPES, help="dtypes to measure")
     parser.add_argument("--samples", type=int, default=8, help="batch size B (>= 1)")
     parser.add_argument("--steps", type=int, default=28, help="inference steps (>= 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")

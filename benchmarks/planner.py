@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import torch
 
+from benchmarks.arguments import comma_list
+
 BEST_FACTOR = 1.15  # auto within 1.15x of the best fixed choice
 SEQUENTIAL_FACTOR = 1.1  # and never slower than 1.1x sequential
 
@@ -326,19 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=50, help="T (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=2, help="B (default: %(default)s)")
-    parser.add_argument("--knees", default="16,64,256", help="emulated knees, rows per process")
-    parser.add_argument("--processes", default="1,8", help="emulated process counts")
+    parser.add_argument("--knees", type=comma_list(int, minimum=1), default="16,64,256",
+                        help="emulated knees, rows per process")
+    parser.add_argument("--processes", type=comma_list(int, minimum=1), default="1,8", help="emulated process counts")
     parser.add_argument("--flat_ms", type=float, default=20.0, help="emulated call time below the knee")
-    parser.add_argument("--parts", default="cpu,digits,pipeline", help="which parts to run")
+    parser.add_argument("--parts", type=comma_list(choices=("cpu", "digits", "pipeline")), default="cpu,digits,pipeline",
+                        help="which parts to run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per method and case, the fastest kept")
     parser.add_argument("--out", default="benchmarks/results/planner.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
-    knees = [int(k) for k in args.knees.split(",")]
-    processes = [int(p) for p in args.processes.split(",")]
-    parts = args.parts.split(",")
+    knees, processes, parts = args.knees, args.processes, args.parts
     flat = args.flat_ms / 1e3
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.arguments import comma_list
+
 __all__ = ["main", "measure", "parse_latent", "grid"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +46,6 @@ def parse_latent(text: str) -> tuple[int, ...]:
     if not shape or any(v < 1 for v in shape):
         raise argparse.ArgumentTypeError(f"latent shape must look like 4x32x32, got {text!r}")
     return shape
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
 
 
 def grid(latents: list[tuple[int, ...]], steps: list[int], windows: list[int],
@@ -169,11 +161,12 @@ def machine_info(device: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run the grid (one subprocess per configuration), print the table, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latents", type=lambda s: [parse_latent(v) for v in s.split(",")],
+    parser.add_argument("--latents", type=comma_list(parse_latent),
                         default=[(4, 32, 32), (4, 64, 64)], help="comma-separated latent shapes, e.g. 4x32x32,4x64x64")
-    parser.add_argument("--steps", type=_int_list, default=[25, 50, 100, 1000], help="values of T")
-    parser.add_argument("--windows", type=_int_list, default=[10, 100], help="window sizes (T itself is always added)")
-    parser.add_argument("--memories", type=_int_list, default=[2, 3, 4, 5], help="TAA memory sizes")
+    parser.add_argument("--steps", type=comma_list(int, minimum=1), default=[25, 50, 100, 1000], help="values of T")
+    parser.add_argument("--windows", type=comma_list(int, minimum=1), default=[10, 100],
+                        help="window sizes (T itself is always added)")
+    parser.add_argument("--memories", type=comma_list(int, minimum=1), default=[2, 3, 4, 5], help="TAA memory sizes")
     parser.add_argument("--iters", type=int, default=4, help="iterations run per configuration (>= 2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1,

@@ -286,4 +286,23 @@ def test_pipeline_dtypes_rejects_an_unknown_family(capsys):
 
     with pytest.raises(SystemExit):
         pipeline_dtypes.main(["--kinds", "sdxl,unet3"])
-    assert "--kinds: choose from sdxl, sd3, flux, dit" in capsys.readouterr().err
+    assert "argument --kinds: unknown unet3; choose from sdxl, sd3, flux, dit" in capsys.readouterr().err
+
+
+def test_comma_list_is_the_benchmarks_one_list_parser(capsys):
+    import argparse
+
+    from benchmarks.arguments import comma_list
+
+    assert comma_list()("a,, b ") == ["a", "b"]
+    assert comma_list(int, minimum=1)("10,25") == [10, 25]
+    assert comma_list(float)("1,3.5") == [1.0, 3.5]
+    for parse, text in ((comma_list(int), "10,x"), (comma_list(int, minimum=1), "0,5"), (comma_list(), " , "),
+                        (comma_list(choices=("sdxl", "sd3")), "sdxl,flux")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--windows", type=comma_list(int, minimum=1))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--windows", "10,ten"])
+    assert "argument --windows: expected comma-separated int values, got '10,ten'" in capsys.readouterr().err
