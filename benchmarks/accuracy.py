@@ -132,10 +132,11 @@ def rounding_bars(eps_fn: Callable, reference_eps_fn: Callable, schedule: Any, n
     """The bar's spread over rounding: per realization, each sample's half-precision sequential distance from the
     float32 sequential sample of the same noise.
 
-    Realization 0 is the row's noise (its bar); realization ``r >= 1`` scales ``x[T]`` by ``1 + 1e-4 xi`` (``xi``
-    standard normal, seed ``r``), which changes where the half-precision network rounds, and recomputes both
-    sequential samples. A sensitive sample's bar varies several-fold between realizations (benchmarks/RESULTS.md,
-    section 16), so one realization can be a lucky or unlucky bar.
+    Realization 0 is the row's noise (its bar); realization ``r >= 1`` scales ``x[T]`` by
+    ``1 + ROUNDING_PERTURBATION xi`` (``xi`` standard normal, seed ``r``), which changes where the
+    half-precision network rounds, and recomputes both sequential samples. A sensitive sample's bar varies
+    several-fold between realizations (benchmarks/RESULTS.md, section 16), so one realization can be a lucky
+    or unlucky bar.
     """
     from paratAA import sequential
 
