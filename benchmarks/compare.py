@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--samples must be >= 1")
     if not (args.tol > 0):
         parser.error("--tol must be > 0")
-    if any(w < 1 for w in args.windows) or args.max_window < 1:
-        parser.error("--windows / --max_window must be >= 1")
+    if args.max_window < 1:
+        parser.error("--max_window must be >= 1")
     unknown = [p for p in args.problems if p not in PROBLEMS]
     if unknown:
         parser.error(f"--problems: unknown {unknown}; choose from {', '.join(PROBLEMS)}")
