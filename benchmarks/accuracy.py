@@ -237,12 +237,12 @@ def run_group(problem: Any, scenario: str, window: int | str, methods: list[str]
         start = time.perf_counter()
         own = sequential(eps_fn, schedule, noise)[:, 0]
         seconds = time.perf_counter() - start
-        reference = own if reference_problem is None else sequential(reference_problem.make_eps_fn(schedule),
-                                                                     schedule, noise)[:, 0]
-        bars = None
+        reference, bars = own, None
         if reference_problem is not None:
-            bars = rounding_bars(eps_fn, reference_problem.make_eps_fn(schedule), schedule, noise, own, reference,
-                                 max(1, getattr(args, "rounding_realizations", ROUNDING_REALIZATIONS)))
+            reference_eps_fn = reference_problem.make_eps_fn(schedule)
+            reference = sequential(reference_eps_fn, schedule, noise)[:, 0]
+            bars = rounding_bars(eps_fn, reference_eps_fn, schedule, noise, own, reference,
+                                 getattr(args, "rounding_realizations", ROUNDING_REALIZATIONS))
         cache[key] = (schedule, eps_fn, noise, reference, own, seconds, bars)
     schedule, eps_fn, noise, reference, own, sequential_seconds, bars = cache[key]
     group = dict(problem=problem.name, scenario=scenario, sampler=sampler, num_steps=num_steps, eta=eta,

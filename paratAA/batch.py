@@ -410,9 +410,7 @@ class BatchSolver:
         out = checked_output(out, x, iteration=len(self.records) + 1)
         chunks = out.split([len(s) for s in steps])
         for j, (k, (_, picked)) in enumerate(zip(active, probes)):
-            num_steps = self._samples[k].schedule.num_steps
-            self._samples[k].floor = self.floor_probe.floors(num_steps, steps[j], chunks[j], picked,
-                                                             chunks[len(active) + j])
+            self._samples[k].floor = self.floor_probe.floors(steps[j], chunks[j], picked, chunks[len(active) + j])
             self._samples[k].evaluations += len(picked)
         residuals: list[float | None] = [None] * len(self._samples)
         for k, chunk in zip(active, chunks[:len(active)]):

@@ -76,22 +76,21 @@ class FloorProbe:
         chosen = x[picked.to(x.device)]
         return chosen + self.unit * chosen.abs() * signs, picked
 
-    def floors(self, num_steps: int, steps: torch.Tensor, out: torch.Tensor, picked: torch.Tensor,
+    def floors(self, steps: torch.Tensor, out: torch.Tensor, picked: torch.Tensor,
                probed_out: torch.Tensor) -> torch.Tensor:
-        """float64 ``(T,)``: one sample's floor per step from its probe.
+        """float64 ``(T,)``: one sample's floor per step from its probe (T = ``len(b)``).
 
         Args:
-            num_steps: T.
             steps: the sample's evaluated step indices (``rows``' ``steps``).
             out: the network's float64 outputs at those rows.
             picked: ``rows``' positions.
             probed_out: the outputs at the probe rows.
         """
-        jitter = self.jitter(num_steps, steps, out, picked, probed_out)
+        jitter = self.jitter(steps, out, picked, probed_out)
         typical = jitter.pow(2).mean().sqrt()  # the trajectory's typical floor (module docstring)
         return FLOOR_FACTOR * torch.clamp(jitter, min=float(typical)).to(out.device)
 
-    def jitter(self, num_steps: int, steps: torch.Tensor, out: torch.Tensor, picked: torch.Tensor,
+    def jitter(self, steps: torch.Tensor, out: torch.Tensor, picked: torch.Tensor,
                probed_out: torch.Tensor) -> torch.Tensor:
         """float64 ``(T,)`` on the CPU: each step's ``|b_i| J_i``, the jump interpolated (module docstring).
 
@@ -101,7 +100,7 @@ class FloorProbe:
         probed_steps = steps[picked].cpu()
         jump = (probed_out - out[picked]).flatten(1).pow(2).mean(1).sqrt().cpu()
         order = torch.argsort(probed_steps)
-        everywhere = torch.arange(num_steps, dtype=torch.float64)
+        everywhere = torch.arange(self.b.numel(), dtype=torch.float64)
         return self.b * _interpolate(everywhere, probed_steps[order].double(), jump[order])
 
 

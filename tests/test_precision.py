@@ -100,8 +100,8 @@ def test_floor_probe_measures_the_output_jump_of_a_rounding_network():
     perturbed, picked = probe.rows(x, steps)
     assert picked.tolist() == [0, 1, 3, 4, 5, 6, 8, 9]  # 8 rows spread over the window, ends included
     assert (perturbed - x[picked]).abs().max() <= 2.0**-8 * x.abs().max() + 1e-15
-    smooth = probe.floors(10, steps, 2 * x, picked, 2 * perturbed)
-    rounded = probe.floors(10, steps, (2 * x).bfloat16().double(), picked, (2 * perturbed).bfloat16().double())
+    smooth = probe.floors(steps, 2 * x, picked, 2 * perturbed)
+    rounded = probe.floors(steps, (2 * x).bfloat16().double(), picked, (2 * perturbed).bfloat16().double())
     assert smooth.shape == (10,) and bool((rounded > 0).all())
     jitter = 0.5 * (2 * (perturbed - x[picked])).flatten(1).pow(2).mean(1).sqrt()  # |b| rms(jump) per probe
     local = _interpolate(torch.arange(10.0, dtype=torch.float64), picked.double(), jitter)
@@ -117,12 +117,12 @@ def test_the_jump_is_interpolated_and_each_step_keeps_its_own_b():
     perturbed, picked = probe.rows(x, steps)
     assert picked.tolist()[:2] == [0, 3]
     out, probed = x.bfloat16().double(), perturbed.bfloat16().double()
-    jitter = probe.jitter(20, steps, out, picked, probed)
+    jitter = probe.jitter(steps, out, picked, probed)
     jump = (probed - out[picked]).flatten(1).pow(2).mean(1).sqrt()
     between = jump[0] + (jump[1] - jump[0]) / 3  # the jump at step 1, linear between steps 0 and 3
     assert float(jitter[1]) == pytest.approx(0.1 * float(between))  # |b_1| times it, not a third of the way
     torch.testing.assert_close(jitter[picked], b[picked] * jump)
-    floors = probe.floors(20, steps, out, picked, probed)
+    floors = probe.floors(steps, out, picked, probed)
     torch.testing.assert_close(floors, FLOOR_FACTOR * jitter.clamp(min=float(jitter.pow(2).mean().sqrt())))
 
 
@@ -133,7 +133,7 @@ def test_a_low_noise_step_gets_at_least_the_trajectorys_typical_floor():
     steps = torch.arange(8)
     perturbed, picked = probe.rows(x, steps)
     out, probed = x.bfloat16().double(), perturbed.bfloat16().double()
-    floors = probe.floors(8, steps, out, picked, probed)
+    floors = probe.floors(steps, out, picked, probed)
     jitter = b[picked] * (probed - out[picked]).flatten(1).pow(2).mean(1).sqrt()
     assert jitter[0] < 0.05 * jitter[1:].min()  # its own jump is tiny ...
     typical = float(jitter.pow(2).mean().sqrt())
