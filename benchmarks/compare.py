@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.solver_overhead import machine_info
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", type=comma_list(), default=["gmm", "tiny-dit", "tiny-sd"],
+    parser.add_argument("--problems", type=comma_list(choices=PROBLEMS), default=["gmm", "tiny-dit", "tiny-sd"],
                         help=f"comma-separated, from {', '.join(PROBLEMS)}")
     parser.add_argument("--quick", action="store_true", help="the quick suite (< 10 minutes on 2 CPU cores)")
     parser.add_argument("--windows", type=comma_list(int, minimum=1), default=[10],
@@ -252,9 +252,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--tol must be > 0")
     if args.max_window < 1:
         parser.error("--max_window must be >= 1")
-    unknown = [p for p in args.problems if p not in PROBLEMS]
-    if unknown:
-        parser.error(f"--problems: unknown {unknown}; choose from {', '.join(PROBLEMS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available on this machine")
 

@@ -189,6 +189,8 @@ def test_accuracy_dtype_arguments_are_checked(tmp_path):
         accuracy.main(["--fp16", "--dtype", "bfloat16", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):
         accuracy.main(["--rounding_realizations", "0", "--out", str(tmp_path / "a.json")])
+    with pytest.raises(SystemExit):  # names checked as the flag is parsed (benchmarks.arguments.comma_list)
+        accuracy.main(["--methods", "default,magic", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit):  # tiny-sdxl samples with its own Euler scheduler only
         accuracy.main(["--problems", "tiny-sdxl", "--scenarios", "ddim-25", "--out", str(tmp_path / "a.json")])
     assert accuracy.supports("tiny-sd3", "flow") and accuracy.supports("gmm", "flow")
