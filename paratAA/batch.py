@@ -48,8 +48,9 @@ class IterationRecord:
 
     Attributes:
         iteration: 1-based count of parallel iterations (rounds of batched network calls).
-        windows: per sample, the steps ``[lo, hi)`` evaluated; None for a finished sample.
-        evaluations: rows of the network batch of this iteration.
+        windows: per sample, the window ``[lo, hi)``; None for a finished sample. (A settling block
+            above it, ``paratAA.window``, is evaluated and updated too.)
+        evaluations: rows of the network batch of this iteration (settling blocks and probes included).
         max_residual: per sample, the largest first-order RMS residual over its window before the
             update; None for a finished sample.
         frontier: per sample after the update: steps ``>= frontier`` are final; 0 means done.
@@ -194,30 +195,32 @@ class SampleStrategy:
         self._join(range(*self.window.bounds))
 
     def network_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x[lo+1..top], steps lo..top-1)``: the rows this sample needs evaluated, ``top = hi``
-        (a multistep sampler's up to the highest step of ``hi .. hi+L-1`` whose output is unknown)."""
-        lo, hi = self.window.bounds
+        """``(x[lo+1..top], steps lo..top-1)``: the rows this sample needs evaluated, ``top`` the top of
+        ``window.updated_bounds`` (a multistep sampler's up to the highest step of ``top .. top+L-1``
+        whose output is unknown)."""
+        lo, _ = self.window.updated_bounds
         top = self._evaluated_top()
         return self.x[lo + 1:top + 1], torch.arange(lo, top, device=self.x.device)
 
     def _evaluated_top(self) -> int:
-        """One past the highest step to evaluate: ``hi``, or above it while a level's output is unknown."""
-        _, hi = self.window.bounds
+        """One past the highest step to evaluate: the updated steps' top, or above it while a level's output is unknown."""
+        _, top = self.window.updated_bounds
         if self._outputs is None:
-            return hi
-        above = min(hi + self.schedule.num_levels, self.schedule.num_steps)
-        unknown = torch.nonzero(~self._has_output[hi:above]).flatten()
-        return hi + int(unknown.max()) + 1 if unknown.numel() else hi
+            return top
+        above = min(top + self.schedule.num_levels, self.schedule.num_steps)
+        unknown = torch.nonzero(~self._has_output[top:above]).flatten()
+        return top + int(unknown.max()) + 1 if unknown.numel() else top
 
     def receive(self, out: torch.Tensor) -> float:
-        """Take the outputs for ``network_inputs()`` and ``update`` the window; return the max residual."""
+        """Take the outputs for ``network_inputs()`` and ``update`` the steps of ``window.updated_bounds``
+        (the window and its settling block); return the window's max residual."""
         lo, hi = self.window.bounds
+        top = self.window.updated_bounds[1]
         if self._outputs is not None:
             self._outputs[lo:lo + out.shape[0]] = out
             self._has_output[lo:lo + out.shape[0]] = True
-            self.evaluations += out.shape[0] - (hi - lo)  # the steps above the window, when evaluated
-            out = out[:hi - lo]
-        return self.update(out)
+        self.evaluations += out.shape[0] - (hi - lo)  # rows above the window (``advance`` counts the window's)
+        return self.update(out[:top - lo])
 
     def estimate(self) -> torch.Tensor:
         """The current estimate of ``x[0]``: the lowest initialised latent."""
@@ -227,7 +230,7 @@ class SampleStrategy:
         """Apply one iteration given the network outputs of the window; return the max residual.
 
         Args:
-            out: float64 ``(hi - lo, *latent)``, the outputs for ``network_inputs()``.
+            out: float64 ``(top - lo, *latent)``, the outputs of the steps ``window.updated_bounds``.
 
         Returns:
             The largest first-order RMS residual of the window before the update.
@@ -237,8 +240,8 @@ class SampleStrategy:
     def step_offsets(self, out: torch.Tensor) -> torch.Tensor:
         """``g[p] = b[p] out_p + c[p] z[p]`` of the window steps (``paratAA.equations``); a multistep
         sampler's adds ``a_l[p] x[p+1+l] + b_l[p] out_{p+l}`` of every level ``l`` (the outputs kept
-        by ``receive``)."""
-        lo, hi = self.window.bounds
+        by ``receive``). Over the updated steps, ``window.updated_bounds``."""
+        lo, hi = self.window.updated_bounds
         s = self.schedule
         g = step_offset(s.b[lo:hi], s.c[lo:hi], out, self.z[lo:hi])
         for level, (a_l, b_l) in enumerate(s.levels, start=1):
@@ -263,7 +266,7 @@ class SampleStrategy:
             return "floor"
         return "tolerance" if self.final_by["tolerance"] else "safeguard"
 
-    def advance(self, new_frontier: int, by_safeguard: int = 0, by_floor: int = 0) -> None:
+    def advance(self, new_frontier: int, by_safeguard: int = 0, by_floor: int = 0, settle: bool = False) -> None:
         """Count the iteration, move the frontier, initialise the steps joining the window.
 
         Args:
@@ -271,6 +274,7 @@ class SampleStrategy:
             by_safeguard, by_floor: how many of the steps made final now became so by the safeguard
                 (the plain update of the highest unconverged step) or were accepted only within the
                 residual floor; the others met the tolerance (``stop_reason``).
+            settle: update the steps made final now once more in the next iteration (``SlidingWindow.advance``).
         """
         lo, hi = self.window.bounds
         self.iterations += 1
@@ -278,7 +282,7 @@ class SampleStrategy:
         self.final_by["safeguard"] += by_safeguard
         self.final_by["floor"] += by_floor
         self.final_by["tolerance"] += hi - new_frontier - by_safeguard - by_floor
-        self._join(self.window.advance(new_frontier))
+        self._join(self.window.advance(new_frontier, settle))
 
     def _join(self, steps: range) -> None:
         """Initialise steps new to the window by the ``init`` rule (class docstring), then ``_joined``."""
@@ -385,10 +389,12 @@ class BatchSolver:
         device = self.trajectory.device
         active = [k for k, sample in enumerate(self._samples) if not sample.window.done]
         windows: list[tuple[int, int] | None] = [None] * len(self._samples)
+        updated = list(windows)
         inputs, steps, owners = [], [], []
         for k in active:
             x, sample_steps = self._samples[k].network_inputs()
             windows[k] = self._samples[k].window.bounds
+            updated[k] = self._samples[k].window.updated_bounds
             inputs.append(x)
             steps.append(sample_steps)
             owners.append(torch.full_like(sample_steps, k))
@@ -415,7 +421,7 @@ class BatchSolver:
         residuals: list[float | None] = [None] * len(self._samples)
         for k, chunk in zip(active, chunks[:len(active)]):
             residuals[k] = self._samples[k].receive(chunk)
-        self._check_finite(active, windows, residuals)
+        self._check_finite(active, updated, residuals)
         x0 = torch.stack([sample.estimate() for sample in self._samples])
         synchronize(device)
         return IterationRecord(
@@ -424,11 +430,11 @@ class BatchSolver:
             frontier=[sample.window.frontier for sample in self._samples], network_seconds=network_seconds,
             solver_seconds=time.perf_counter() - start - network_seconds, x0=x0, done=self.done)
 
-    def _check_finite(self, active: Sequence[int], windows: Sequence[tuple[int, int] | None],
+    def _check_finite(self, active: Sequence[int], updated: Sequence[tuple[int, int] | None],
                       residuals: Sequence[float | None]) -> None:
-        """NonFiniteError when an update overflowed: the rows it wrote (old window and joined steps), residuals."""
+        """NonFiniteError when an update overflowed: the rows it wrote (the updated steps and the joined ones), residuals."""
         iteration = len(self.records) + 1
         for k in active:
-            lo, hi = windows[k]
+            lo, hi = updated[k]
             written = self._samples[k].x[min(lo, self._samples[k].window.bounds[0]):hi]
             check_finite_state(iteration, written, torch.tensor([residuals[k]], dtype=torch.float64))

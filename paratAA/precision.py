@@ -22,7 +22,7 @@ the others (constant beyond the probed range): the jump is smooth in ``i`` (tiny
 steps (SD3's last step has ``|b| = 0.009``, the one above it 0.10; interpolating the product left
 steps 1-3 at a third of their jitter). Then
 
-    jitter_i = |b_i| J_i,       floor_i = FLOOR_FACTOR * max(jitter_i, rms_j jitter_j)   (FLOOR_FACTOR = 1),
+    jitter_i = |b_i| J_i,       floor_i = FLOOR_FACTOR * max(jitter_i, rms_j jitter_j)   (FLOOR_FACTOR = 1.25),
 
 each step's jitter raised to at least its root mean square over the trajectory.
 
@@ -47,7 +47,10 @@ __all__ = ["FLOOR_FACTOR", "HALF_PRECISION", "PROBE_STEPS", "UNIT_ROUNDOFF", "Fl
 
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 PROBE_STEPS = 8  # probe rows per sample, in the first iteration
-FLOOR_FACTOR = 1.0  # residuals within the measured jitter count as converged (2 let a digits sample drift: RESULTS 10.2)
+# Residuals within 1.25x the measured jitter count as converged. At 1 many steps hover at the floor and
+# finish one per iteration; the error a looser test freezes is removed by the settling block
+# (paratAA.solver, step 4; without it, 2 let a digits sample drift: RESULTS 10.2; RESULTS 17).
+FLOOR_FACTOR = 1.25
 _PROBE_SEED = 20240209
 
 

@@ -16,7 +16,16 @@ Each iteration
    ``x_i + R_i`` at and above i* (the safeguard: x[i*] is then final), Triangular Anderson
    Acceleration below it (``memory_size >= 2``);
 4. moves the frontier to i* (or to the window bottom when the sample is done) and lets new steps
-   into the window, initialised as a copy of the lowest initialised latent.
+   into the window, initialised as a copy of the lowest initialised latent. When some of the steps
+   made final were accepted only within a half-precision network's residual floor
+   (``paratAA.precision``), all of them form a *settling block*: the next iteration evaluates them
+   once more and updates them with the window, by the same map over both (``SlidingWindow``'s
+   ``updated_bounds``; the block takes the plain update). Such steps are accepted at their first dip
+   below the floor, often while still converging, and the lowest of them carries the error of all;
+   one more update removes most of it at the cost of rows, not iterations: only the window's steps
+   decide the frontier and the stop. (The safeguard's x[i*] then reads the block's change through
+   the map rather than an unchanged input: exact up to the map's error on that change.)
+   Benchmarks/RESULTS.md, section 17.
 
 FP is ``order=1, memory_size=1``; FP+ is ``order>1, memory_size=1``; ParaTAA is
 ``memory_size>=2``. Since the frontier drops by at least one per iteration, no sample needs more
@@ -69,12 +78,14 @@ class _SampleSolver(SampleStrategy):
 
     def update(self, out: torch.Tensor) -> float:
         lo, hi = self.window.bounds
+        top = self.window.updated_bounds[1]  # above hi: the settling block (module docstring, step 4)
         s, cfg = self.schedule, self.settings
-        x_window, x_above = self.x[lo:hi], self.x[lo + 1:hi + 1]
-        a = s.a[lo:hi]
+        x_updated, x_above = self.x[lo:top], self.x[lo + 1:top + 1]
+        a = s.a[lo:top]
         g = self.step_offsets(out)
 
-        rho = rms(first_order_residual(x_window, x_above, a, g))
+        n = hi - lo  # the window's steps decide; a settling block's are only updated
+        rho = rms(first_order_residual(x_updated[:n], x_above[:n], a[:n], g[:n]))
         tolerance = step_tolerance(s.sigma[lo:hi], cfg.tol1, cfg.tol2)
         within_floor = (rho <= self.floor[lo:hi] if self.floor is not None and cfg.precision_floor
                         else torch.zeros_like(rho, dtype=torch.bool))
@@ -86,24 +97,24 @@ class _SampleSolver(SampleStrategy):
             highest_unconverged = int(unconverged.max())
 
         self.remember_denoised(out)
-        order = min(cfg.order, hi - lo)
+        order = min(cfg.order, top - lo)
         if cfg.map_form == "secant":
-            carry = self._secant_carry(lo, hi, x_above, out)
-            residual = carried_map(x_above, a, g, order, carry) - x_window
+            carry = self._secant_carry(lo, top, x_above, out)
+            residual = carried_map(x_above, a, g, order, carry) - x_updated
         else:
             carry = a if cfg.map_form == "affine" else torch.ones_like(a)
-            residual = (order_k_map if cfg.map_form == "affine" else increment_map)(x_above, a, g, order) - x_window
+            residual = (order_k_map if cfg.map_form == "affine" else increment_map)(x_above, a, g, order) - x_updated
         if self.anderson is not None and highest_unconverged is not None:
             # How a change of G_{i*} = x[i*] + R[i*] reaches G_i below it (full order): the carry product.
             carried = carry if cfg.reanchor else None
-            new = self.anderson.update(lo, hi, x_window, residual, highest_unconverged, reanchor_a=carried)
+            new = self.anderson.update(lo, top, x_updated, residual, highest_unconverged, reanchor_a=carried)
         else:
-            new = x_window + residual
-        self.x[lo:hi] = new
+            new = x_updated + residual
+        self.x[lo:top] = new
         first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
+        by_floor = int((within_floor & ~final_by_tolerance)[first_final:].sum())
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
-                     by_safeguard=int(highest_unconverged is not None),
-                     by_floor=int((within_floor & ~final_by_tolerance)[first_final:].sum()))
+                     by_safeguard=int(highest_unconverged is not None), by_floor=by_floor, settle=by_floor > 0)
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

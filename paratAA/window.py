@@ -9,6 +9,10 @@ Invariants (index convention of ``paratAA.schedule``):
   per step per iteration.
 - ``initialized_from``: every ``x[j]`` with ``j >= initialized_from`` holds an iterate. It never
   exceeds the window's bottom once the window has been entered.
+- ``settling_top``: the one exception to "final": after an iteration that accepted a block of steps
+  only within a half-precision network's residual floor, those steps ``[frontier, settling_top)``
+  are evaluated and updated once more, with the window, in the next iteration (``updated_bounds``);
+  they no longer decide the frontier or the stop. None when there is no such block.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class SlidingWindow:
     size: int
     frontier: int
     initialized_from: int
+    settling_top: int | None = None  # the settling block is [frontier, settling_top); None: no block
 
     @property
     def done(self) -> bool:
@@ -35,15 +40,25 @@ class SlidingWindow:
         """``(lo, hi)``: the window is steps ``lo..hi-1``."""
         return max(self.frontier - self.size, 0), self.frontier
 
-    def advance(self, new_frontier: int) -> range:
+    @property
+    def updated_bounds(self) -> tuple[int, int]:
+        """``(lo, top)``: the steps evaluated and updated this iteration, the window and the settling
+        block above it (at most ``size`` steps in all: the block is cut at ``lo + size``)."""
+        lo, hi = self.bounds
+        return lo, hi if self.settling_top is None else min(self.settling_top, lo + self.size)
+
+    def advance(self, new_frontier: int, settle: bool = False) -> range:
         """Move the frontier down; return the steps that join the window (new ones at its bottom).
 
         Args:
             new_frontier: the highest step that is not yet final, plus one: the highest
                 unconverged step (final after this iteration's plain update) or the window bottom.
+            settle: the steps made final now, ``[new_frontier, hi)``, are updated once more in the
+                next iteration (the settling block, module docstring).
         """
         old_lo, hi = self.bounds
         if not old_lo <= new_frontier < hi:
             raise AssertionError(f"frontier must move into [{old_lo}, {hi}), got {new_frontier}")
         self.frontier = new_frontier
+        self.settling_top = hi if settle and new_frontier > 0 else None  # a finished sample has nothing to settle
         return range(self.bounds[0], old_lo)

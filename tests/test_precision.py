@@ -9,6 +9,7 @@ import torch
 
 import parallel_dit
 from paratAA import SolverOptions, sequential, solve
+from paratAA.batch import IterationRecord
 from paratAA.cli.models import load_dit
 from paratAA.cli.process import run_cli
 from paratAA.errors import PrecisionWarning, UnconvergedWarning
@@ -16,6 +17,8 @@ from paratAA.pipelines import sample
 from paratAA.pipelines.runner import class_conditioning
 from paratAA.pipelines.tiny import tiny_embeddings, tiny_pipeline
 from paratAA.precision import FLOOR_FACTOR, FloorProbe, _interpolate
+from paratAA.solver import Solver
+from paratAA.window import SlidingWindow
 
 T = 20
 
@@ -72,6 +75,61 @@ def test_an_explicit_tolerance_wins_with_one_warning_line(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)  # a float32 network: nothing to warn about
         solve(eps["float32"], schedule, noise, tol1=1e-5, tol2=1e-5, network_dtype="float32", max_iters=2)
+
+
+def _iterates(solver: Solver) -> list[tuple[IterationRecord, torch.Tensor]]:
+    """Every record of a solve with the trajectory right after that iteration."""
+    return [(record, solver.trajectory.clone()) for record in solver.iterate()]
+
+
+def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_the_frontier(digits):
+    schedule, noise, eps = digits
+    steps = _iterates(Solver(eps["bfloat16"], schedule, noise, network_dtype="bfloat16"))
+    settled = 0
+    for (before, x_before), (now, x_now), (_, x_after) in zip(steps, steps[1:], steps[2:] + steps[-1:]):
+        for k in range(noise.shape[0]):
+            if before.windows[k] is None or now.windows[k] is None:
+                continue
+            block = range(before.frontier[k], before.windows[k][1])  # the steps made final by `before`
+            lo, hi = now.windows[k]
+            assert hi == block.start  # the frontier is where `before` left it: the block holds nothing back
+            moved = (x_now[k] - x_before[k]).flatten(1).abs().amax(1)
+            if bool(moved[block.start:block.stop].any()):  # the block was settled in `now`
+                settled += 1
+                assert not bool(moved[block.stop:].any())  # above it, nothing moves
+                assert torch.equal(x_after[k, block.start:block.stop], x_now[k, block.start:block.stop])  # once only
+    assert settled > 0  # bfloat16 digits accept blocks within the floor
+    exact = sequential(eps["float32"], schedule, noise)[:, 0]
+    bar = (sequential(eps["bfloat16"], schedule, noise)[:, 0] - exact).flatten(1).abs().max(1).values
+    distance = (steps[-1][1][:, 0] - exact).flatten(1).abs().max(1).values
+    assert bool((distance <= 2 * bar).all()), (distance, bar)
+
+
+def test_a_settling_block_lasts_one_iteration_and_never_widens_the_update_past_the_window_size():
+    window = SlidingWindow(size=4, frontier=10, initialized_from=10)
+    assert window.updated_bounds == window.bounds == (6, 10)
+    window.advance(7, settle=True)  # steps 7..9 accepted within the floor
+    assert window.bounds == (3, 7) and window.updated_bounds == (3, 7)  # cut at lo + size = 7
+    window.advance(6, settle=True)
+    assert window.bounds == (2, 6) and window.updated_bounds == (2, 6)
+    window = SlidingWindow(size=8, frontier=10, initialized_from=10)
+    window.advance(7, settle=True)
+    assert window.updated_bounds == (0, 8)  # the window (0, 7) and the block cut at 8
+    window.advance(5)
+    assert window.updated_bounds == window.bounds == (0, 5)  # settled once, then final
+    window.advance(0, settle=True)
+    assert window.done and window.updated_bounds == (0, 0)  # a finished sample has nothing to settle
+
+
+def test_a_float32_solve_updates_only_its_window(digits):
+    schedule, noise, eps = digits
+    steps = _iterates(Solver(eps["float32"], schedule, noise, network_dtype="float32"))
+    for (_, x_before), (now, x_now) in zip(steps, steps[1:]):
+        rows = sum(hi - lo for lo, hi in filter(None, now.windows))
+        assert now.evaluations == rows
+        for k, window in enumerate(now.windows):
+            if window is not None:
+                assert torch.equal(x_now[k, window[1]:], x_before[k, window[1]:])
 
 
 def test_a_max_iters_stop_is_reported_per_sample(digits):
