@@ -121,6 +121,23 @@ def test_a_settling_block_lasts_one_iteration_and_never_widens_the_update_past_t
     assert window.done and window.updated_bounds == (0, 0)  # a finished sample has nothing to settle
 
 
+@pytest.mark.parametrize("window_size", [4, 12])
+def test_a_multistep_sampler_in_bfloat16_settles_with_a_sliding_window(window_size):
+    """DPM++ 2M reads two levels above each step; the settling block must keep them consistent."""
+    runners = {dtype: load_dit("digits", dtype=dtype, sampler="dpm++2m") for dtype in ("float32", "bfloat16")}
+    schedule = runners["float32"].make_schedule(12)
+    runners["bfloat16"].make_schedule(12)
+    conditioning = class_conditioning([3, 7], 3.0)
+    noise = runners["float32"].sample_noise(0, 2, 12)
+    eps = {dtype: runner.eps_fn(conditioning) for dtype, runner in runners.items()}
+    exact = sequential(eps["float32"], schedule, noise)[:, 0]
+    bar = (sequential(eps["bfloat16"], schedule, noise)[:, 0] - exact).flatten(1).abs().max(1).values
+    result = solve(eps["bfloat16"], schedule, noise, window_size=window_size, network_dtype="bfloat16")
+    assert result.converged and result.iterations < 12
+    distance = (result.samples - exact).flatten(1).abs().max(1).values
+    assert bool((distance <= 2 * bar).all()), (distance, bar)
+
+
 def test_a_float32_solve_updates_only_its_window(digits):
     schedule, noise, eps = digits
     steps = _iterates(Solver(eps["float32"], schedule, noise, network_dtype="float32"))
