@@ -137,11 +137,13 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, culprits: Mapping
 
 
 def check_solve_fits(noise: torch.Tensor, window_size: int, memory_size: int, warm_start: bool,
-                     multistep: bool = False) -> None:
+                     multistep: bool = False, updated_steps: int | None = None) -> None:
     """``check_fits`` for the arguments of ``paratAA.solve`` (validated), before it allocates anything
-    (``multistep``: the schedule's, whose outputs are kept: counted as one more trajectory)."""
+    (``multistep``: the schedule's, whose outputs are kept: counted as one more trajectory;
+    ``updated_steps``: the most steps one iteration updates per sample, when more than the window:
+    a half-precision solve's window and settling block, ``paratAA.solver``)."""
     estimate = estimate_solver_memory(noise.shape[0], noise.shape[1] - 1, math.prod(noise.shape[2:]),
-                                      int(window_size), int(memory_size),
+                                      int(updated_steps or window_size), int(memory_size),
                                       kept_trajectories=int(warm_start) + int(multistep))
     check_fits(estimate, noise.device, {"trajectories": f"noise of shape {tuple(noise.shape)}",
                                         "history": f"memory_size={memory_size}",

@@ -61,19 +61,27 @@ __all__ = ["EpsFn", "IterationRecord", "NonFiniteError", "PAPER", "RECOMMENDED",
            "SolverOptions", "solve", "sequential"]
 
 
+def updated_steps(settings: SolverOptions, num_steps: int) -> int:
+    """The most steps one iteration updates per sample: the window, and with a half-precision floor
+    in use also a settling block of at most the window's size above it (module docstring, step 4)."""
+    settles = settings.network_dtype in HALF_PRECISION and settings.precision_floor
+    return min(2 * settings.window_size, num_steps) if settles else settings.window_size
+
+
 class _SampleSolver(SampleStrategy):
     """ParaTAA's update of one sample's window: order-K map, TAA below the highest unconverged step."""
 
     def __init__(self, x: torch.Tensor, z: torch.Tensor, schedule: Schedule, settings: SolverOptions,
                  frontier: int, initialized_from: int):
         self.settings = settings
-        self.anderson = (TriangularAnderson(settings.window_size, tuple(x.shape[1:]), settings.memory_size,
+        self._slots = updated_steps(settings, schedule.num_steps)  # step i's history lives in slot i % _slots
+        self.anderson = (TriangularAnderson(self._slots, tuple(x.shape[1:]), settings.memory_size,
                                             settings.anderson_lambda, x.device)
                          if settings.memory_size >= 2 else None)
-        if settings.map_form == "secant":  # each step's last input and output, slot i % window_size
-            self._last_in = torch.zeros((settings.window_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        if settings.map_form == "secant":  # each step's last input and output
+            self._last_in = torch.zeros((self._slots, *x.shape[1:]), dtype=x.dtype, device=x.device)
             self._last_out = torch.zeros_like(self._last_in)
-            self._has_last = torch.zeros(settings.window_size, dtype=torch.bool, device=x.device)
+            self._has_last = torch.zeros(self._slots, dtype=torch.bool, device=x.device)
         super().__init__(x, z, schedule, settings.window_size, frontier, initialized_from, settings.init)
 
     def update(self, out: torch.Tensor) -> float:
@@ -119,7 +127,7 @@ class _SampleSolver(SampleStrategy):
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The secant form's carry factors; remembers this iteration's inputs and outputs."""
-        slots = torch.arange(lo, hi, device=out.device) % self.settings.window_size
+        slots = torch.arange(lo, hi, device=out.device) % self._slots
         carry = secant_carry(self.schedule.a[lo:hi], self.schedule.b[lo:hi], x_above - self._last_in[slots],
                              out - self._last_out[slots], self._has_last[slots])
         self._last_in[slots], self._last_out[slots], self._has_last[slots] = x_above, out, True
@@ -129,7 +137,7 @@ class _SampleSolver(SampleStrategy):
         if self.anderson is not None:
             self.anderson.forget(steps.start, steps.stop)
         if self.settings.map_form == "secant":
-            self._has_last[torch.arange(steps.start, steps.stop) % self.settings.window_size] = False
+            self._has_last[torch.arange(steps.start, steps.stop) % self._slots] = False
 
 
 class Solver(BatchSolver):
@@ -152,7 +160,7 @@ class Solver(BatchSolver):
         max_iters = settings.max_iters
         _validate_run(schedule, noise, init_trajectory, variation_steps)
         check_solve_fits(noise, settings.window_size, settings.memory_size, warm_start=init_trajectory is not None,
-                         multistep=schedule.is_multistep)
+                         multistep=schedule.is_multistep, updated_steps=updated_steps(settings, schedule.num_steps))
         num_steps = schedule.num_steps
         schedule = schedule.to(noise.device)
         noise = noise.to(torch.float64)

@@ -43,9 +43,9 @@ class SlidingWindow:
     @property
     def updated_bounds(self) -> tuple[int, int]:
         """``(lo, top)``: the steps evaluated and updated this iteration, the window and the settling
-        block above it (at most ``size`` steps in all: the block is cut at ``lo + size``)."""
+        block above it. The block was part of the last window, so ``top - lo <= 2 * size``."""
         lo, hi = self.bounds
-        return lo, hi if self.settling_top is None else min(self.settling_top, lo + self.size)
+        return lo, hi if self.settling_top is None else self.settling_top
 
     def advance(self, new_frontier: int, settle: bool = False) -> range:
         """Move the frontier down; return the steps that join the window (new ones at its bottom).

@@ -82,10 +82,11 @@ def _iterates(solver: Solver) -> list[tuple[IterationRecord, torch.Tensor]]:
     return [(record, solver.trajectory.clone()) for record in solver.iterate()]
 
 
-def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_the_frontier(digits):
+@pytest.mark.parametrize("window_size", [T, 6])
+def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_the_frontier(digits, window_size):
     schedule, noise, eps = digits
-    steps = _iterates(Solver(eps["bfloat16"], schedule, noise, network_dtype="bfloat16"))
-    settled = 0
+    steps = _iterates(Solver(eps["bfloat16"], schedule, noise, network_dtype="bfloat16", window_size=window_size))
+    settled, above_a_sliding_window = 0, 0
     for (before, x_before), (now, x_now), (_, x_after) in zip(steps, steps[1:], steps[2:] + steps[-1:]):
         for k in range(noise.shape[0]):
             if before.windows[k] is None or now.windows[k] is None:
@@ -96,27 +97,27 @@ def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_
             moved = (x_now[k] - x_before[k]).flatten(1).abs().amax(1)
             if bool(moved[block.start:block.stop].any()):  # the block was settled in `now`
                 settled += 1
+                above_a_sliding_window += lo > 0
                 assert not bool(moved[block.stop:].any())  # above it, nothing moves
                 assert torch.equal(x_after[k, block.start:block.stop], x_now[k, block.start:block.stop])  # once only
     assert settled > 0  # bfloat16 digits accept blocks within the floor
+    assert above_a_sliding_window > 0 or window_size == T  # also while the window still slides
     exact = sequential(eps["float32"], schedule, noise)[:, 0]
     bar = (sequential(eps["bfloat16"], schedule, noise)[:, 0] - exact).flatten(1).abs().max(1).values
     distance = (steps[-1][1][:, 0] - exact).flatten(1).abs().max(1).values
     assert bool((distance <= 2 * bar).all()), (distance, bar)
 
 
-def test_a_settling_block_lasts_one_iteration_and_never_widens_the_update_past_the_window_size():
+def test_a_settling_block_lasts_one_iteration_and_sits_right_above_the_window():
     window = SlidingWindow(size=4, frontier=10, initialized_from=10)
     assert window.updated_bounds == window.bounds == (6, 10)
     window.advance(7, settle=True)  # steps 7..9 accepted within the floor
-    assert window.bounds == (3, 7) and window.updated_bounds == (3, 7)  # cut at lo + size = 7
+    assert window.bounds == (3, 7) and window.updated_bounds == (3, 10)  # at most twice the window
     window.advance(6, settle=True)
-    assert window.bounds == (2, 6) and window.updated_bounds == (2, 6)
-    window = SlidingWindow(size=8, frontier=10, initialized_from=10)
-    window.advance(7, settle=True)
-    assert window.updated_bounds == (0, 8)  # the window (0, 7) and the block cut at 8
+    assert window.bounds == (2, 6) and window.updated_bounds == (2, 7)  # the old block is final now
     window.advance(5)
-    assert window.updated_bounds == window.bounds == (0, 5)  # settled once, then final
+    assert window.updated_bounds == window.bounds == (1, 5)  # nothing accepted within the floor: no block
+    window.advance(1)
     window.advance(0, settle=True)
     assert window.done and window.updated_bounds == (0, 0)  # a finished sample has nothing to settle
 
