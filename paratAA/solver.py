@@ -23,8 +23,9 @@ Each iteration
    ``updated_bounds``; the block takes the plain update). Such steps are accepted at their first dip
    below the floor, often while still converging, and the lowest of them carries the error of all;
    one more update removes most of it at the cost of rows, not iterations: only the window's steps
-   decide the frontier and the stop. (The safeguard's x[i*] then reads the block's change through
-   the map rather than an unchanged input: exact up to the map's error on that change.)
+   decide the frontier and the stop. The steps made final in an iteration that settled a block
+   form the next block too: their input moved with the block, and they read that change through
+   the map, so they are exact only up to the map's error on it, until their own settling update.
    Benchmarks/RESULTS.md, section 17.
 
 FP is ``order=1, memory_size=1``; FP+ is ``order>1, memory_size=1``; ParaTAA is
@@ -122,7 +123,8 @@ class _SampleSolver(SampleStrategy):
         first_final = 0 if highest_unconverged is None else highest_unconverged + 1  # window-local
         by_floor = int((within_floor & ~final_by_tolerance)[first_final:].sum())
         self.advance(lo if highest_unconverged is None else lo + highest_unconverged,
-                     by_safeguard=int(highest_unconverged is not None), by_floor=by_floor, settle=by_floor > 0)
+                     by_safeguard=int(highest_unconverged is not None), by_floor=by_floor,
+                     settle=by_floor > 0 or top > hi)  # module docstring, step 4
         return float(rho.max())
 
     def _secant_carry(self, lo: int, hi: int, x_above: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

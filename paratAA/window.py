@@ -9,10 +9,11 @@ Invariants (index convention of ``paratAA.schedule``):
   per step per iteration.
 - ``initialized_from``: every ``x[j]`` with ``j >= initialized_from`` holds an iterate. It never
   exceeds the window's bottom once the window has been entered.
-- ``settling_top``: the one exception to "final": after an iteration that accepted a block of steps
-  only within a half-precision network's residual floor, those steps ``[frontier, settling_top)``
-  are evaluated and updated once more, with the window, in the next iteration (``updated_bounds``);
-  they no longer decide the frontier or the stop. None when there is no such block.
+- ``settling_top``: the one exception to "final": the steps made final by the last iteration,
+  ``[frontier, settling_top)``, when the solver asked for it (``paratAA.solver``, step 4: some were
+  accepted only within a half-precision network's residual floor, or that iteration settled a
+  block itself), are evaluated and updated once more, with the window, in this iteration
+  (``updated_bounds``); they no longer decide the frontier or the stop. None when there is no block.
 """
 
 from __future__ import annotations
