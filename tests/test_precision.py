@@ -86,7 +86,7 @@ def _iterates(solver: Solver) -> list[tuple[IterationRecord, torch.Tensor]]:
 def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_the_frontier(digits, window_size):
     schedule, noise, eps = digits
     steps = _iterates(Solver(eps["bfloat16"], schedule, noise, network_dtype="bfloat16", window_size=window_size))
-    settled, above_a_sliding_window = 0, 0
+    settled, above_a_sliding_window, settled_in, unchained = 0, 0, set(), []
     for (before, x_before), (now, x_now), (_, x_after) in zip(steps, steps[1:], steps[2:] + steps[-1:]):
         for k in range(noise.shape[0]):
             if before.windows[k] is None or now.windows[k] is None:
@@ -98,9 +98,13 @@ def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_
             if bool(moved[block.start:block.stop].any()):  # the block was settled in `now`
                 settled += 1
                 above_a_sliding_window += lo > 0
+                settled_in.add((k, now.iteration))
+            elif (k, before.iteration) in settled_in and len(block):
+                unchained.append((k, now.iteration))  # `before` settled a block: its final steps must settle now
                 assert not bool(moved[block.stop:].any())  # above it, nothing moves
                 assert torch.equal(x_after[k, block.start:block.stop], x_now[k, block.start:block.stop])  # once only
     assert settled > 0  # bfloat16 digits accept blocks within the floor
+    assert not unchained  # steps made final while a block settled read its change through the map
     assert above_a_sliding_window > 0 or window_size == T  # also while the window still slides
     exact = sequential(eps["float32"], schedule, noise)[:, 0]
     bar = (sequential(eps["bfloat16"], schedule, noise)[:, 0] - exact).flatten(1).abs().max(1).values
