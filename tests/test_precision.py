@@ -99,10 +99,10 @@ def test_a_block_accepted_within_the_floor_is_updated_once_more_without_holding_
                 settled += 1
                 above_a_sliding_window += lo > 0
                 settled_in.add((k, now.iteration))
-            elif (k, before.iteration) in settled_in and len(block):
-                unchained.append((k, now.iteration))  # `before` settled a block: its final steps must settle now
                 assert not bool(moved[block.stop:].any())  # above it, nothing moves
                 assert torch.equal(x_after[k, block.start:block.stop], x_now[k, block.start:block.stop])  # once only
+            elif (k, before.iteration) in settled_in and len(block):
+                unchained.append((k, now.iteration))  # `before` settled a block: its final steps must settle now
     assert settled > 0  # bfloat16 digits accept blocks within the floor
     assert not unchained  # steps made final while a block settled read its change through the map
     assert above_a_sliding_window > 0 or window_size == T  # also while the window still slides
